@@ -1,0 +1,61 @@
+"""medres3d: 3D residual networks for CT and MRI classification.
+
+The public names are imported lazily, so ``import medres3d`` (and ``medres3d --help``) stays
+fast: torch, MONAI and SimpleITK load only when a name that needs them is first used.
+
+Example:
+    >>> import medres3d as mr
+    >>> net = mr.resnet3d((64, 64, 32), num_classes=2)   # doctest: +SKIP
+    >>> mr.analyze(net).name                              # doctest: +SKIP
+    'ResNet-50'
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "ResNet3D": "medres3d.models.resnet3d",
+    "ResNet3DConfig": "medres3d.models.resnet3d",
+    "resnet3d": "medres3d.models.resnet3d",
+    "InputNormalization": "medres3d.models.normalization",
+    "fit_normalization": "medres3d.models.normalization",
+    "analyze": "medres3d.models.analysis",
+    "NetworkAnalysis": "medres3d.models.analysis",
+    "LayerInfo": "medres3d.models.analysis",
+    "Volume": "medres3d.io.volume",
+    "load_volume": "medres3d.io.readers",
+    "find_dicom_series": "medres3d.io.dicom",
+    "scan_dicom_tree": "medres3d.io.dicom",
+    "DicomSeries": "medres3d.io.dicom",
+    "PreprocessingSpec": "medres3d.transforms",
+    "preprocess": "medres3d.transforms",
+    "save_model": "medres3d.modelfile",
+    "load_model": "medres3d.modelfile",
+    "read_model": "medres3d.modelfile",
+    "ModelFile": "medres3d.modelfile",
+    "Trainer": "medres3d.training",
+    "TrainConfig": "medres3d.config",
+    "sliding_window_classify": "medres3d.inference.sliding_window",
+    "Classifier": "medres3d.inference.classifier",
+    "Prediction": "medres3d.inference.classifier",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'medres3d' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
