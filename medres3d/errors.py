@@ -49,7 +49,7 @@ class UnsupportedFormatError(VolumeLoadError):
 
 
 class NotAnImageError(VolumeLoadError):
-    """A DICOM object without image pixels (SEG, SR, RTSTRUCT, PR, DICOMDIR) or a folder with no series."""
+    """A DICOM object without pixels (SEG, SR, RTSTRUCT, PR, DICOMDIR), or a folder with no series."""
 
 
 class SeriesGeometryError(VolumeLoadError):
