@@ -4,7 +4,10 @@ import sys
 
 def test_import_is_light():
     # `import medres3d` must not pull in torch/monai: the CLI's --help and notebooks start fast.
-    code = "import sys, medres3d; print(sorted(m for m in ('torch', 'monai', 'SimpleITK') if m in sys.modules))"
+    code = (
+        "import sys, medres3d\n"
+        "print(sorted(m for m in ('torch', 'monai', 'SimpleITK') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
