@@ -1,0 +1,234 @@
+import gzip
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.testing import data_path
+
+from medres3d.errors import (
+    ConfigError,
+    CorruptFileError,
+    InvalidVoxelsError,
+    ResourceLimitError,
+    UnsupportedFormatError,
+)
+from medres3d.io.nifti import load_nifti
+
+
+def _rotation(axis: int, degrees: float) -> np.ndarray:
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    i, j = [a for a in range(3) if a != axis]
+    rot = np.eye(3)
+    rot[i, i], rot[i, j], rot[j, i], rot[j, j] = c, -s, s, c
+    return rot
+
+
+# voxel axes -> world: permutations/flips (axial, coronal, sagittal, flipped) and a double-oblique one
+_ORIENTATIONS = {
+    "axial": np.eye(3),
+    "coronal": np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0.0]]),
+    "sagittal": np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0.0]]),
+    "flipped": np.diag([-1.0, -1.0, 1.0]),
+    "oblique": _rotation(0, 20) @ _rotation(2, -35),
+}
+
+
+def _affine(orientation: str, spacing=(0.7, 0.9, 2.5), origin=(-40.0, 12.5, 80.0)) -> np.ndarray:
+    affine = np.eye(4)
+    affine[:3, :3] = _ORIENTATIONS[orientation] @ np.diag(spacing)
+    affine[:3, 3] = origin
+    return affine
+
+
+def _save(tmp_path, array, affine, name="v.nii.gz", **header_fields):
+    img = nib.Nifti1Image(array, affine)
+    for key, value in header_fields.items():
+        img.header[key] = value
+    path = tmp_path / name
+    nib.save(img, path)
+    return path
+
+
+@pytest.mark.parametrize("orientation", sorted(_ORIENTATIONS))
+@pytest.mark.parametrize("name", ["v.nii", "v.nii.gz"])
+def test_voxels_and_geometry_equal_nibabel(tmp_path, orientation, name):
+    rng = np.random.default_rng(1)
+    array = rng.integers(-1000, 2000, size=(6, 7, 5)).astype(np.int16)
+    path = _save(tmp_path, array, _affine(orientation), name)
+    vol = load_nifti(path)
+    ref = nib.load(path)
+    assert vol.array.dtype == np.float32 and vol.shape == (1, 6, 7, 5)
+    np.testing.assert_array_equal(vol.array[0], ref.get_fdata(dtype=np.float32))
+    np.testing.assert_array_equal(vol.affine, ref.affine)
+    assert vol.orientation == "".join(nib.aff2axcodes(ref.affine))
+    assert vol.source == os.fspath(path) and vol.warnings == []
+
+
+def test_scaling_is_applied_as_nibabel_does(tmp_path):
+    array = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    img = nib.Nifti1Image(array, np.eye(4))
+    img.header.set_slope_inter(0.5, -1024.0)
+    nib.save(img, tmp_path / "s.nii")
+    vol = load_nifti(tmp_path / "s.nii")
+    np.testing.assert_allclose(vol.array[0], array * 0.5 - 1024.0)
+    assert vol.meta["rescale"] == {"slope": 0.5, "intercept": -1024.0}
+
+
+def test_native_dtype_is_kept_without_scaling(tmp_path):
+    array = np.arange(60, dtype=np.uint16).reshape(3, 4, 5)
+    vol = load_nifti(_save(tmp_path, array, np.eye(4)), dtype="native")
+    assert vol.array.dtype == np.uint16
+    np.testing.assert_array_equal(vol.array[0], array)
+    assert vol.meta["rescale"] is None
+
+
+def test_4d_becomes_channels_first(tmp_path):
+    array = np.random.default_rng(2).normal(size=(4, 5, 6, 3)).astype(np.float32)
+    vol = load_nifti(_save(tmp_path, array, _affine("oblique")))
+    assert vol.shape == (3, 4, 5, 6)
+    for c in range(3):
+        np.testing.assert_array_equal(vol.array[c], array[..., c])
+
+
+def test_5d_vector_field_gives_channels_and_two_long_axes_are_refused(tmp_path):
+    field = np.random.default_rng(3).normal(size=(4, 5, 6, 1, 3)).astype(np.float32)
+    vol = load_nifti(_save(tmp_path, field, np.eye(4), "f.nii"))
+    np.testing.assert_array_equal(vol.array, np.moveaxis(field[:, :, :, 0, :], -1, 0))
+    with pytest.raises(UnsupportedFormatError, match="several non-spatial axes"):
+        load_nifti(_save(tmp_path, np.zeros((2, 3, 4, 2, 3), np.float32), np.eye(4), "g.nii"))
+
+
+@pytest.mark.parametrize(
+    ("sform_code", "qform_code", "source"),
+    [(1, 1, "sform"), (0, 1, "qform"), (2, 0, "sform"), (0, 0, "pixdim")],
+)
+def test_qform_sform_choice_matches_nibabel(tmp_path, sform_code, qform_code, source):
+    img = nib.Nifti1Image(np.zeros((3, 4, 5), np.float32), None)
+    img.set_sform(_affine("oblique"), code=sform_code)
+    img.set_qform(_affine("sagittal"), code=qform_code)
+    nib.save(img, tmp_path / "q.nii")
+    vol = load_nifti(tmp_path / "q.nii")
+    np.testing.assert_array_equal(vol.affine, nib.load(tmp_path / "q.nii").affine)
+    assert vol.meta["affine_source"] == source
+    assert len(vol.warnings) == (source == "pixdim")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["anatomical.nii", "example4d.nii.gz", "example_nifti2.nii.gz", "functional.nii", "standard.nii.gz",
+     "reoriented_anat_moved.nii"],
+)
+def test_nibabel_shipped_files(name):
+    path = os.path.join(data_path, name)
+    vol = load_nifti(path)
+    ref = nib.load(path)
+    expected = ref.get_fdata(dtype=np.float32)
+    if expected.ndim == 3:
+        expected = expected[..., None]
+    np.testing.assert_array_equal(vol.array, np.moveaxis(expected, -1, 0))
+    np.testing.assert_array_equal(vol.affine, ref.affine)
+
+
+def test_nan_policy_on_nibabel_file_with_nans():
+    path = os.path.join(data_path, "resampled_anat_moved.nii")
+    ref = nib.load(path).get_fdata(dtype=np.float32)
+    num_bad = int(np.count_nonzero(~np.isfinite(ref)))
+    with pytest.raises(InvalidVoxelsError, match=f"{num_bad} of {ref.size} voxels are NaN"):
+        load_nifti(path)
+    zeroed = load_nifti(path, nan_policy="zero")
+    np.testing.assert_array_equal(zeroed.array[0], np.nan_to_num(ref, nan=0, posinf=0, neginf=0))
+    assert "replaced by 0" in zeroed.warnings[0]
+    kept = load_nifti(path, nan_policy="keep")
+    assert np.count_nonzero(np.isnan(kept.array)) == num_bad and len(kept.warnings) == 1
+    with pytest.raises(ConfigError, match="nan_policy"):
+        load_nifti(path, nan_policy="ignore")
+
+
+def _tiny_nifti_bytes(tmp_path) -> bytes:
+    noise = np.random.default_rng(4).normal(size=(8, 8, 8)).astype(np.float32)  # does not compress away
+    path = _save(tmp_path, noise, np.eye(4), "src.nii")
+    return path.read_bytes()
+
+
+def _damage(data: bytes, position: int) -> bytes:
+    # overwrites deflate data in the middle: nibabel alone would decode wrong voxels silently
+    return data[:position] + b"\xff" * 16 + data[position + 16 :]
+
+
+def test_damaged_files_are_corrupt_file_errors(tmp_path):
+    raw = _tiny_nifti_bytes(tmp_path)
+    cases = {
+        "empty.nii": (b"", "empty"),
+        "text.nii": (b"this is not an image\n" * 40, "not a readable NIfTI header"),
+        "plain.nii.gz": (raw, "not gzip-compressed"),
+        "truncated.nii": (raw[: len(raw) - 100], "truncated"),
+        "truncated.nii.gz": (gzip.compress(raw)[:1200], "truncated"),
+        "cut_trailer.nii.gz": (gzip.compress(raw)[:-4], "truncated"),
+        "badcrc.nii.gz": (gzip.compress(raw)[:-8] + b"\0" * 8, "CRC"),
+        "flipped.nii.gz": (_damage(gzip.compress(raw), 1000), "damaged gzip stream"),
+        "garbage.nii.gz": (b"\x1f\x8b" + os.urandom(500), "NIfTI"),
+    }
+    for name, (content, words) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CorruptFileError, match=words) as info:
+            load_nifti(tmp_path / name)
+        assert info.value.path == os.fspath(tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    ("dim", "error", "words"),
+    [
+        ([3, 0, 8, 8, 1, 1, 1, 1], CorruptFileError, "must all be positive"),
+        ([3, -8, 8, 8, 1, 1, 1, 1], CorruptFileError, "must all be positive"),
+        ([2, 8, 64, 1, 1, 1, 1, 1], UnsupportedFormatError, "2D image"),
+        ([3, 2000, 2000, 2000, 1, 1, 1, 1], ResourceLimitError, "8000000000 voxels"),
+    ],
+)
+def test_hostile_headers_are_refused_before_reading(tmp_path, dim, error, words):
+    raw = bytearray(_tiny_nifti_bytes(tmp_path))
+    header = nib.Nifti1Header.from_fileobj(open(tmp_path / "src.nii", "rb"))  # noqa: SIM115
+    header["dim"] = dim
+    raw[:348] = header.binaryblock
+    (tmp_path / "h.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(error, match=words):
+        load_nifti(tmp_path / "h.nii.gz", max_voxels=10**9)
+
+
+def test_gzip_bomb_reads_only_what_the_header_claims(tmp_path):
+    raw = _tiny_nifti_bytes(tmp_path)
+    # 200 MB of zeros after a small image: only the 2 KiB the header needs are decompressed
+    bomb = gzip.compress(raw + b"\0" * (200 * 2**20), compresslevel=1)
+    (tmp_path / "bomb.nii.gz").write_bytes(bomb)
+    vol = load_nifti(tmp_path / "bomb.nii.gz")
+    np.testing.assert_array_equal(vol.array, load_nifti(tmp_path / "src.nii").array)
+    assert "CRC was not verified" in vol.warnings[0]
+
+
+def test_multi_member_gzip_as_bgzip_writes(tmp_path):
+    raw = _tiny_nifti_bytes(tmp_path)
+    members = b"".join(gzip.compress(raw[i : i + 500]) for i in range(0, len(raw), 500))
+    (tmp_path / "bgz.nii.gz").write_bytes(members + b"\0" * 64)
+    vol = load_nifti(tmp_path / "bgz.nii.gz")
+    np.testing.assert_array_equal(vol.array, load_nifti(tmp_path / "src.nii").array)
+    assert vol.warnings == []
+
+
+@pytest.mark.parametrize(
+    ("array", "words"),
+    [
+        (np.zeros((3, 4, 5), np.complex64), "complex"),
+        (np.zeros((3, 4, 5), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")]), "RGB"),
+    ],
+)
+def test_unsupported_voxel_types(tmp_path, array, words):
+    with pytest.raises(UnsupportedFormatError, match=words):
+        load_nifti(_save(tmp_path, array, np.eye(4), "c.nii"))
+
+
+def test_singular_affine_is_corrupt(tmp_path):
+    img = nib.Nifti1Image(np.zeros((3, 4, 5), np.float32), None)
+    img.set_sform(np.diag([1.0, 0.0, 1.0, 1.0]), code=1)
+    nib.save(img, tmp_path / "z.nii")
+    with pytest.raises(CorruptFileError, match="singular"):
+        load_nifti(tmp_path / "z.nii")
