@@ -1,0 +1,206 @@
+"""DICOM CT/MR volumes: find series under a folder, and load a series or a multi-frame file.
+
+The public names of the DICOM reader live here; the work is split by job into
+:mod:`~medres3d.io.dicom_header` (header-only reading of one file), :mod:`~medres3d.io.dicom_scan`
+(grouping files into series), :mod:`~medres3d.io.dicom_geometry` (slice ordering and grid checks),
+:mod:`~medres3d.io.dicom_series` (series to volume), :mod:`~medres3d.io.dicom_multiframe` (Enhanced
+and RT Dose multi-frame files) and :mod:`~medres3d.io.dicom_pixels` (decoding and rescale).
+Every warning and error is explained in ``docs/dicom.md``.
+
+Example:
+    >>> from medres3d.io.dicom import find_dicom_series, load_dicom_series
+    >>> for series in find_dicom_series("study/"):          # doctest: +SKIP
+    ...     print(series.summary())
+    >>> vol = load_dicom_series("study/ct_series/")          # doctest: +SKIP
+    >>> vol.spacing, vol.orientation, vol.warnings          # doctest: +SKIP
+    ((0.7, 0.7, 1.0), 'LPS', [])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from medres3d.errors import CorruptFileError, NotAnImageError, UnsupportedFormatError, VolumeLoadError
+from medres3d.io.dicom_header import FileHeader, SkippedFile, read_header
+from medres3d.io.dicom_multiframe import load_multiframe
+from medres3d.io.dicom_scan import DicomScan, DicomSeries, find_dicom_series, scan_dicom_tree, scan_files
+from medres3d.io.limits import DEFAULT_MAX_VOXELS
+from medres3d.io.volume import Volume
+
+__all__ = [
+    "DicomScan",
+    "DicomSeries",
+    "FileHeader",
+    "MultipleSeriesError",
+    "SkippedFile",
+    "find_dicom_series",
+    "load_dicom_file",
+    "load_dicom_series",
+    "scan_dicom_tree",
+]
+
+logger = logging.getLogger("medres3d.io.dicom")
+
+_SKIP_ERRORS: dict[str, type[VolumeLoadError]] = {
+    "empty": CorruptFileError,
+    "not-dicom": CorruptFileError,
+    "unreadable": CorruptFileError,
+    "non-image": NotAnImageError,
+    "unsupported": UnsupportedFormatError,
+}
+
+
+class MultipleSeriesError(VolumeLoadError):
+    """A folder holds several image series and none was chosen; ``series`` lists them."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, series: Sequence[DicomSeries] = ()) -> None:
+        super().__init__(path, reason)
+        self.series = list(series)
+
+    def __reduce__(self):  # the list of series is not needed to rebuild the message
+        return (type(self), (self.path, self.reason))
+
+
+def load_dicom_series(
+    folder_or_files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    series_uid: str | None = None,
+    dtype: str = "float32",
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    strict: bool = False,
+) -> Volume:
+    """Load the image series in a folder (searched recursively) or in a list of files.
+
+    Localizer series are ignored (with a ``localizer-excluded`` warning). When several image series
+    remain, nothing is guessed: a :class:`MultipleSeriesError` lists them (uid, description, number
+    of files) and ``series_uid`` picks one (a SeriesInstanceUID, or a ``DicomSeries.key`` for a
+    part of a split series). Files in the folder that are not part of the volume (SR, SEG, DICOMDIR,
+    other files) are reported in a ``skipped-files`` warning.
+
+    Args:
+        folder_or_files: a series folder, or the files of one series.
+        series_uid: which series to load when there are several.
+        dtype: "float32" (default), "float64" or "native" (see :func:`medres3d.io.dicom_series.load_series`).
+        max_voxels: refuse volumes larger than this (None: no limit), checked before reading pixels.
+        strict: raise SeriesGeometryError on missing slices, uneven spacing and conflicting duplicates.
+
+    Raises:
+        NotAnImageError: no image series (the message summarizes what was skipped and why).
+        MultipleSeriesError: several image series and no (or an ambiguous) ``series_uid``.
+        SeriesGeometryError, UnsupportedFormatError, CorruptFileError, ResourceLimitError: as the
+            series loader.
+
+    Example:
+        >>> vol = load_dicom_series("ct/", series_uid="1.2.840.113619.2.55.3", strict=True)  # doctest: +SKIP
+    """
+    if isinstance(folder_or_files, str | os.PathLike):
+        where = Path(folder_or_files)
+        scan = scan_dicom_tree(where, recursive=True)
+    else:
+        paths = [Path(p) for p in folder_or_files]
+        if not paths:
+            raise NotAnImageError("(no files)", "an empty list of files was given")
+        where = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        scan = scan_files(paths)
+    chosen = _choose(where, scan, series_uid)
+    volume = chosen.load(dtype=dtype, max_voxels=max_voxels, strict=strict)
+    extra = []
+    others = [s for s in scan.series if s.is_localizer and s.uid != chosen.uid]
+    if others and not chosen.is_localizer:
+        extra.append(
+            f"localizer-excluded: {len(others)} localizer series in the folder were not loaded: "
+            + "; ".join(s.summary() for s in others[:3])
+        )
+    if scan.skipped:
+        extra.append(f"skipped-files: {_skip_summary(scan.skipped)}")
+    for message in extra:
+        logger.warning("%s: %s", where, message)
+    volume.warnings.extend(extra)
+    return volume
+
+
+def load_dicom_file(
+    path: str | os.PathLike[str],
+    *,
+    dtype: str = "float32",
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    strict: bool = False,
+) -> Volume:
+    """Load one multi-frame DICOM file (Enhanced CT/MR, Legacy Converted, RT Dose) as a volume.
+
+    Args:
+        path: the file.
+        dtype, max_voxels, strict: as :func:`load_dicom_series`.
+
+    Raises:
+        UnsupportedFormatError: a single-frame file ("a single 2D slice; pass the series folder"),
+            a colour image, or frames without geometry.
+        NotAnImageError: a non-image object (SEG, SR, RTSTRUCT, PR, KO, DICOMDIR...), named.
+        CorruptFileError: empty, not DICOM, unreadable or undecodable.
+
+    Example:
+        >>> vol = load_dicom_file("enhanced_ct.dcm")   # doctest: +SKIP
+        >>> vol.meta["num_frames"]                     # doctest: +SKIP
+        120
+    """
+    header = read_header(path)
+    if isinstance(header, SkippedFile):
+        raise _SKIP_ERRORS.get(header.kind, CorruptFileError)(header.path, header.reason)
+    if not header.is_multiframe:
+        raise UnsupportedFormatError(
+            header.path,
+            "a single 2D slice; pass the series folder (or the list of its files) to load a volume",
+        )
+    return load_multiframe(header, dtype=dtype, max_voxels=max_voxels, strict=strict)
+
+
+def _choose(where: Path, scan: DicomScan, series_uid: str | None) -> DicomSeries:
+    if series_uid is not None:
+        exact = [s for s in scan.series if s.key == series_uid]
+        matches = exact or [s for s in scan.series if s.uid == series_uid]
+        if not matches:
+            found = "; ".join(s.summary() for s in scan.series) or "no image series"
+            raise NotAnImageError(where, f"no series with uid {series_uid!r}; found: {found}")
+        images = [s for s in matches if not s.is_localizer] or matches
+        if len(images) > 1:
+            raise MultipleSeriesError(
+                where,
+                f"series {series_uid} is split into {len(images)} parts (different orientation, size, "
+                "echo or acquisition); pass one of these keys as series_uid: "
+                + "; ".join(s.summary() for s in images),
+                images,
+            )
+        return images[0]
+    images = [s for s in scan.series if not s.is_localizer]
+    if not images:
+        if scan.series:
+            raise NotAnImageError(
+                where,
+                "only localizer series found (pass series_uid to load one anyway): "
+                + "; ".join(s.summary() for s in scan.series),
+            )
+        skipped = f"; skipped {_skip_summary(scan.skipped)}" if scan.skipped else " (no files)"
+        raise NotAnImageError(where, f"no DICOM image series found{skipped}")
+    if len(images) > 1:
+        raise MultipleSeriesError(
+            where,
+            f"{len(images)} image series found; choose one with series_uid=... (or use find_dicom_series): "
+            + "; ".join(s.summary() for s in images),
+            images,
+        )
+    return images[0]
+
+
+def _skip_summary(skipped: Sequence[SkippedFile]) -> str:
+    reasons = Counter(s.reason for s in skipped)
+    parts = [f"{n} x {reason} (e.g. {_first(skipped, reason)})" for reason, n in reasons.most_common(5)]
+    more = f"; and {len(reasons) - 5} other reasons" if len(reasons) > 5 else ""
+    return f"{len(skipped)} file(s) not used: " + "; ".join(parts) + more
+
+
+def _first(skipped: Sequence[SkippedFile], reason: str) -> str:
+    return next(s.path.name for s in skipped if s.reason == reason)

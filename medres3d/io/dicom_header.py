@@ -1,0 +1,272 @@
+"""Header-only reading of one DICOM file: the few tags that grouping, sorting and decoding need.
+
+:func:`read_header` parses a file with ``stop_before_pixels=True`` and ``specific_tags`` (pydicom
+skips every other element's value with a seek), notes where the pixel data element starts so that
+uncompressed pixels can later be read straight from that offset, and classifies the file: an image
+to stack (``FileHeader``) or a ``SkippedFile`` with the reason (empty, not DICOM, unreadable, a
+non-image object such as SEG/SR/RTSTRUCT/PR/KO/DICOMDIR, no pixel data, colour).
+
+Example:
+    >>> from pydicom.data import get_testdata_file
+    >>> h = read_header(get_testdata_file("CT_small.dcm"))
+    >>> h.modality, h.rows, h.columns, h.pixel_offset is not None
+    ('CT', 128, 128, True)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+# Only these are parsed; every other element is skipped by seeking past its value.
+SCAN_TAGS = [
+    "SOPClassUID", "SOPInstanceUID", "Modality", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+    "SeriesNumber", "SeriesDescription", "ImageType", "AcquisitionNumber", "InstanceNumber",
+    "TemporalPositionIdentifier", "EchoNumbers", "ImagePositionPatient", "ImageOrientationPatient",
+    "PixelSpacing", "SliceThickness", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel",
+    "PhotometricInterpretation", "BitsAllocated", "BitsStored", "PixelRepresentation",
+    "RescaleSlope", "RescaleIntercept", "GridFrameOffsetVector", "DoseGridScaling",
+]  # fmt: skip
+
+# Pixel data element tags (PixelData, FloatPixelData, DoubleFloatPixelData), both byte orders.
+_PIXEL_TAG_BYTES = frozenset(
+    (0x7FE0).to_bytes(2, order) + elem.to_bytes(2, order)
+    for elem in (0x0010, 0x0008, 0x0009)
+    for order in ("little", "big")
+)
+# First bytes of a dataset without preamble: group 0002 or 0008, little or big endian.
+_BARE_DATASET_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
+# Transfer syntaxes whose pixel data is a plain array at the element's file offset.
+NATIVE_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian})
+
+_DICOMDIR_SOP = "1.2.840.10008.1.3.10"
+# SOP classes that carry no volume even when they hold pixel data (SEG is a label map, not a scan).
+_NON_IMAGE_WORDS = (
+    "SR Storage", "Presentation State", "Key Object", "Segmentation", "Structure Set", "RT Plan",
+    "RT Ion Plan", "Treatment Record", "RT Beams", "Waveform", "Encapsulated", "Raw Data",
+    "Spatial Registration", "Spatial Fiducials", "Real World Value Mapping", "Media Storage Directory",
+    "Measurement Report", "Parametric Map",
+)  # fmt: skip
+# Multi-frame families whose frames carry their own geometry in functional groups.
+_ENHANCED_WORDS = ("Enhanced", "Legacy Converted")
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file a scan did not use, and why.
+
+    Attributes:
+        path: the file.
+        reason: a human explanation (e.g. "not an image: Segmentation Storage (SEG)").
+        kind: "empty", "not-dicom", "unreadable", "non-image" or "unsupported"; tells which error
+            a direct load of this file raises.
+    """
+
+    path: Path
+    reason: str
+    kind: str = "non-image"
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    """What a header-only read of one image file says (values already parsed and validated).
+
+    ``position``/``orientation``/``pixel_spacing`` are None when absent or malformed; the series
+    loader names the file in its error then. ``pixel_offset`` is the file offset of the pixel data
+    element (None when the file has none).
+    """
+
+    path: Path
+    sop_class_uid: str
+    modality: str
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    series_number: int | None
+    description: str
+    image_type: tuple[str, ...]
+    acquisition: int | None
+    instance_number: int | None
+    temporal_position: int | None
+    echo: int | None
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None
+    rows: int
+    columns: int
+    frames: int
+    samples_per_pixel: int
+    photometric: str
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    slope: float
+    intercept: float
+    transfer_syntax: str
+    pixel_offset: int | None
+    is_enhanced: bool
+
+    @property
+    def is_multiframe(self) -> bool:
+        """True for a file whose frames are the slices (Enhanced CT/MR, RT Dose...)."""
+        return self.frames > 1 or self.is_enhanced
+
+    @property
+    def is_localizer(self) -> bool:
+        """True when ImageType says LOCALIZER (scout / topogram / survey)."""
+        return "LOCALIZER" in self.image_type
+
+    @property
+    def is_native(self) -> bool:
+        """True when the pixel data is an uncompressed array readable at ``pixel_offset``."""
+        return self.transfer_syntax in NATIVE_SYNTAXES and self.pixel_offset is not None
+
+
+def read_header(path: str | os.PathLike[str]) -> FileHeader | SkippedFile:
+    """Read one file's header (no pixels) and classify it.
+
+    Never raises for a bad file: the problem comes back as a :class:`SkippedFile`.
+
+    Example:
+        >>> from pydicom.data import get_testdata_file
+        >>> read_header(get_testdata_file("test-SR.dcm")).reason
+        'not an image: Comprehensive SR Storage (SR)'
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fp:
+            preamble = fp.read(132)
+            if not preamble:
+                return SkippedFile(path, "empty file (0 bytes)", "empty")
+            fp.seek(0)
+            # Old files without the 128-byte preamble and "DICM" start straight with a group 0002
+            # or 0008 element; anything else is not DICOM, and force-parsing it would read garbage.
+            has_prefix = preamble[128:132] == b"DICM"
+            if not has_prefix and preamble[:2] not in _BARE_DATASET_STARTS:
+                return SkippedFile(path, "not a DICOM file (no DICM prefix)", "not-dicom")
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not has_prefix, specific_tags=SCAN_TAGS)
+            pixel_offset: int | None = fp.tell()
+            if _transfer_syntax(ds) == DeflatedExplicitVRLittleEndian:
+                # pydicom inflated the dataset into memory: the file offset means nothing here.
+                pixel_offset, has_pixels = None, "Rows" in ds
+            else:
+                has_pixels = fp.read(4) in _PIXEL_TAG_BYTES
+    except OSError as err:
+        return SkippedFile(path, f"cannot read file: {err.strerror or err}", "unreadable")
+    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError) as err:
+        return SkippedFile(path, f"unreadable DICOM header: {err}", "unreadable")
+    return _classify(path, ds, has_pixels, pixel_offset)
+
+
+def _transfer_syntax(ds: pydicom.Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+    if not ts:  # no file meta: the encoding pydicom detected
+        ts = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
+    return ts
+
+
+def _classify(
+    path: Path, ds: pydicom.Dataset, has_pixels: bool, pixel_offset: int | None
+) -> FileHeader | SkippedFile:
+    meta = getattr(ds, "file_meta", None)
+    sop = str(
+        ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else "")
+    )
+    if not sop and "Rows" not in ds:
+        return SkippedFile(path, "not a DICOM image (no SOPClassUID, no Rows)", "not-dicom")
+    sop_name = UID(sop).name if sop else "unknown SOP class"
+    modality = str(ds.get("Modality", "") or "")
+    if sop == _DICOMDIR_SOP or any(word in sop_name for word in _NON_IMAGE_WORDS):
+        label = "DICOMDIR" if sop == _DICOMDIR_SOP else modality or "?"
+        return SkippedFile(path, f"not an image: {sop_name} ({label})", "non-image")
+    if not has_pixels:
+        return SkippedFile(
+            path, f"not an image: no pixel data ({sop_name}, modality {modality or '?'})", "non-image"
+        )
+    try:
+        samples = _int(ds, "SamplesPerPixel", 1)
+        photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+        if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2", ""):
+            return SkippedFile(
+                path,
+                f"colour image (SamplesPerPixel={samples}, PhotometricInterpretation={photometric or '?'}): "
+                "not a CT/MR volume",
+                "unsupported",
+            )
+        bits_allocated = _int(ds, "BitsAllocated", 16)
+        return FileHeader(
+            path=path,
+            sop_class_uid=sop,
+            modality=modality,
+            patient_id=str(ds.get("PatientID", "") or ""),
+            study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+            series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+            series_number=_int(ds, "SeriesNumber", None),
+            description=str(ds.get("SeriesDescription", "") or ""),
+            image_type=tuple(str(v).strip().upper() for v in _multi(ds.get("ImageType"))),
+            acquisition=_int(ds, "AcquisitionNumber", None),
+            instance_number=_int(ds, "InstanceNumber", None),
+            temporal_position=_int(ds, "TemporalPositionIdentifier", None),
+            echo=_int(ds, "EchoNumbers", None),
+            position=_floats(ds, "ImagePositionPatient", 3),
+            orientation=_floats(ds, "ImageOrientationPatient", 6),
+            pixel_spacing=_floats(ds, "PixelSpacing", 2),
+            rows=_int(ds, "Rows", 0),
+            columns=_int(ds, "Columns", 0),
+            frames=max(1, _int(ds, "NumberOfFrames", 1)),
+            samples_per_pixel=samples,
+            photometric=photometric or "MONOCHROME2",
+            bits_allocated=bits_allocated,
+            bits_stored=_int(ds, "BitsStored", bits_allocated),
+            pixel_representation=_int(ds, "PixelRepresentation", 0),
+            slope=_float(ds, "RescaleSlope", 1.0),
+            intercept=_float(ds, "RescaleIntercept", 0.0),
+            transfer_syntax=_transfer_syntax(ds),
+            pixel_offset=pixel_offset,
+            is_enhanced=any(word in sop_name for word in _ENHANCED_WORDS),
+        )
+    except (ValueError, TypeError, OverflowError) as err:
+        return SkippedFile(path, f"unreadable DICOM header value: {err}", "unreadable")
+
+
+def _multi(value: object) -> list[object]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str | bytes | int | float):
+        return [value]
+    return list(value)  # type: ignore[call-overload]
+
+
+def _int(ds: pydicom.Dataset, keyword: str, default: int | None) -> int | None:
+    values = _multi(ds.get(keyword))
+    try:
+        return int(float(values[0]))  # IS values such as "2.0" occur in the wild
+    except (IndexError, ValueError, TypeError, OverflowError):
+        return default  # absent or malformed: callers validate the values they rely on
+
+
+def _float(ds: pydicom.Dataset, keyword: str, default: float) -> float:
+    values = _multi(ds.get(keyword))
+    if not values or values[0] in ("", None):
+        return default
+    return float(values[0])  # a malformed rescale is an error, not a silent default
+
+
+def _floats(ds: pydicom.Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
+    try:
+        values = tuple(float(v) for v in _multi(ds.get(keyword)))
+    except (ValueError, TypeError):
+        return None
+    return values if len(values) == count else None

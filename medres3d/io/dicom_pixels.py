@@ -1,0 +1,153 @@
+"""Pixel decoding of DICOM files, and the rescale to output values.
+
+Uncompressed little/big-endian pixel data is read straight from the file at the offset the header
+scan recorded (no second parse of the header): one ``readinto`` into a NumPy buffer. Every other
+transfer syntax (JPEG baseline/lossless, JPEG-LS, JPEG 2000, RLE, deflate) goes through pydicom's
+pixel decoders with the installed plugins (pylibjpeg-openjpeg, pylibjpeg-rle, pyjpegls,
+python-gdcm). Unused high bits (BitsStored < BitsAllocated) are masked or sign-extended the way
+pydicom does. A failure names the file in a :class:`~medres3d.errors.CorruptFileError`.
+
+Example:
+    >>> from pydicom.data import get_testdata_file
+    >>> from medres3d.io.dicom_header import read_header
+    >>> read_frames(read_header(get_testdata_file("MR_small_RLE.dcm"))).shape
+    (1, 64, 64)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+from pydicom.uid import UID, ExplicitVRBigEndian
+
+from medres3d.errors import CorruptFileError, UnsupportedFormatError
+from medres3d.io.dicom_header import FileHeader
+
+# Explicit VR pixel data element header: tag (4), VR (2), reserved (2), 32-bit length (4).
+_EXPLICIT_LONG_VRS = (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN")
+
+
+def pixel_dtype(header: FileHeader) -> np.dtype:
+    """The NumPy dtype of one stored sample (byte order included).
+
+    Raises:
+        UnsupportedFormatError: BitsAllocated is not 8, 16 or 32 (1-bit and packed 12-bit data
+            are decoded by pydicom instead; their dtype is what pydicom returns).
+    """
+    if header.bits_allocated not in (8, 16, 32):
+        raise UnsupportedFormatError(header.path, f"BitsAllocated={header.bits_allocated} is not 8, 16 or 32")
+    kind = "i" if header.pixel_representation == 1 else "u"
+    order = ">" if header.transfer_syntax == ExplicitVRBigEndian else "<"
+    return np.dtype(f"{order}{kind}{header.bits_allocated // 8}")
+
+
+def read_frames(header: FileHeader) -> np.ndarray:
+    """All frames of a file as ``(frames, rows, columns)`` stored values (no rescale).
+
+    Raises:
+        CorruptFileError: truncated or undecodable pixel data, or a size other than the header says.
+        UnsupportedFormatError: colour data.
+    """
+    if header.is_native and header.bits_allocated in (8, 16, 32):
+        frames = _read_native(header)
+    else:
+        frames = _decode_with_pydicom(header)
+    if header.bits_stored < header.bits_allocated and frames.dtype.kind in "iu":
+        # The unused high bits may hold anything (PS3.5 8.1.1): shift them out, as pydicom does;
+        # the right shift of a signed type sign-extends.
+        shift = frames.dtype.itemsize * 8 - header.bits_stored
+        np.left_shift(frames, shift, out=frames)
+        np.right_shift(frames, shift, out=frames)
+    return frames
+
+
+def _read_native(header: FileHeader) -> np.ndarray:
+    dtype = pixel_dtype(header)
+    expected = header.frames * header.rows * header.columns
+    try:
+        with open(header.path, "rb") as fp:
+            fp.seek(header.pixel_offset or 0)
+            element = fp.read(12)
+            length = _value_length(header, element, fp)
+            if length < expected * dtype.itemsize:
+                raise CorruptFileError(
+                    header.path,
+                    f"pixel data holds {length} bytes, but {header.frames}x{header.rows}x{header.columns} "
+                    f"{dtype.itemsize}-byte samples need {expected * dtype.itemsize}",
+                )
+            frames = np.empty(expected, dtype=dtype)
+            got = fp.readinto(memoryview(frames).cast("B"))
+    except OSError as err:
+        raise CorruptFileError(header.path, f"cannot read pixel data: {err}") from err
+    if got != frames.nbytes:
+        raise CorruptFileError(
+            header.path, f"file is truncated: pixel data has {got} of {frames.nbytes} bytes"
+        )
+    if not dtype.isnative:
+        frames = frames.astype(dtype.newbyteorder("="))
+    return frames.reshape(header.frames, header.rows, header.columns)
+
+
+def _value_length(header: FileHeader, element: bytes, fp: object) -> int:
+    """Length of the pixel data value; leaves ``fp`` at the start of the value."""
+    if len(element) < 8:
+        raise CorruptFileError(header.path, "file is truncated at the pixel data element")
+    order = "big" if header.transfer_syntax == ExplicitVRBigEndian else "little"
+    if element[4:6] in _EXPLICIT_LONG_VRS and header.transfer_syntax != pydicom.uid.ImplicitVRLittleEndian:
+        if len(element) < 12:
+            raise CorruptFileError(header.path, "file is truncated at the pixel data element")
+        return int.from_bytes(element[8:12], order)
+    fp.seek(-4, 1)  # type: ignore[attr-defined]  # implicit VR: the value starts after 8 bytes
+    return int.from_bytes(element[4:8], order)
+
+
+def _decode_with_pydicom(header: FileHeader) -> np.ndarray:
+    syntax = UID(header.transfer_syntax)
+    try:
+        ds = pydicom.dcmread(header.path)
+        frames = ds.pixel_array
+    except Exception as err:  # decoders raise many types (RuntimeError, ValueError, plugin errors)
+        raise CorruptFileError(
+            header.path, f"cannot decode pixel data ({syntax.name or syntax}): {type(err).__name__}: {err}"
+        ) from err
+    if frames.ndim == 2:
+        frames = frames[None]
+    if frames.shape != (header.frames, header.rows, header.columns):
+        raise CorruptFileError(
+            header.path,
+            f"decoded pixel data has shape {frames.shape}, but the header says "
+            f"{header.frames} frame(s) of {header.rows}x{header.columns}",
+        )
+    if not frames.flags.writeable:
+        frames = frames.copy()
+    return frames
+
+
+def stored_range(header: FileHeader) -> tuple[int, int]:
+    """The smallest and largest value BitsStored and PixelRepresentation allow.
+
+    Example:
+        >>> from pydicom.data import get_testdata_file
+        >>> from medres3d.io.dicom_header import read_header
+        >>> stored_range(read_header(get_testdata_file("CT_small.dcm")))
+        (-32768, 32767)
+    """
+    bits = header.bits_stored
+    if header.pixel_representation == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def rescale_into(out: np.ndarray, frame: np.ndarray, slope: float, intercept: float) -> None:
+    """``out[...] = frame * slope + intercept`` computed in ``out``'s dtype, without temporaries.
+
+    Integer outputs (the "native" mode) only ever get slope 1 and an integer intercept.
+    """
+    if out.dtype.kind == "f" and slope != 1:
+        np.multiply(frame, out.dtype.type(slope), out=out, casting="unsafe")
+        if intercept:
+            out += out.dtype.type(intercept)
+    else:
+        np.copyto(out, frame, casting="unsafe")
+        if intercept:
+            out += out.dtype.type(intercept)

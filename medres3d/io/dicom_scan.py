@@ -1,0 +1,407 @@
+"""Find the DICOM image series under a folder: header-only scan, grouping, localizers, skipped files.
+
+Every file's header is read in parallel (no pixels; see :mod:`medres3d.io.dicom_header`), then:
+
+1. files are grouped by SeriesInstanceUID;
+2. each multi-frame file (Enhanced CT/MR, RT Dose...) is a series of its own;
+3. files whose ImageType says LOCALIZER are set apart as a localizer series;
+4. the rest is split by orientation (ImageOrientationPatient within 1e-3), image size and pixel
+   spacing, and echo number: one volume needs one grid;
+5. a group where positions repeat is split by AcquisitionNumber, then by TemporalPositionIdentifier,
+   when that removes the repeats (a multi-acquisition CT whose acquisitions cover different ranges
+   stays one series; repeated passes over the same range become one series each);
+6. a small orientation group (at most 3 files) beside a group at least 4 times larger in the same
+   series is a localizer (scouts are often saved with the series they plan);
+7. files without any geometry (no ImagePositionPatient/ImageOrientationPatient) join the largest
+   group of their series (so that loading names them), or, when the whole series has none
+   (projection radiographs, secondary captures), the series is skipped.
+
+Non-image objects (SEG, SR, RTSTRUCT, PR, KO, DICOMDIR...), non-DICOM and unreadable files come back
+in ``DicomScan.skipped`` with the reason.
+
+Example:
+    >>> import os
+    >>> from pydicom.data import get_testdata_file
+    >>> scan = scan_dicom_tree(os.path.dirname(get_testdata_file("CT_small.dcm")))
+    >>> len(scan.series) > 0 and len(scan.skipped) > 0
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medres3d.errors import CorruptFileError
+from medres3d.io.dicom_header import FileHeader, SkippedFile, read_header
+
+if TYPE_CHECKING:
+    from medres3d.io.volume import Volume
+
+# IOP direction cosines closer than this are the same orientation (rounding in DS strings).
+_ORIENTATION_TOL = 1e-3
+# Orientation-outlier localizers: at most this many files, beside a group this many times larger.
+_OUTLIER_MAX_FILES = 3
+_OUTLIER_RATIO = 4
+# Below this many files the process start-up costs more than parallel parsing gains.
+_PROCESS_MIN_FILES = 400
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One image series found by a scan: what a single volume will be made of.
+
+    Attributes:
+        uid: SeriesInstanceUID (shared by the parts of a split series; ``key`` is unique).
+        modality: e.g. "CT", "MR".
+        description: SeriesDescription.
+        files: the series' files, sorted by path (the slice order comes from positions at load).
+        series_number: SeriesNumber, or None.
+        patient_id: PatientID.
+        study_uid: StudyInstanceUID.
+        is_localizer: a scout/localizer (ImageType LOCALIZER or an orientation outlier).
+        folder: the deepest folder holding all files.
+        part: what distinguishes this part of a split series ("" when not split), e.g.
+            "echo 2", "acquisition 3", "orientation sagittal", "localizer".
+        rows, columns: image size of every file.
+        num_frames: number of 2D images (files, or frames of a multi-frame file).
+        notes: scan-time remarks carried into the loaded volume's warnings (e.g. excluded localizers).
+
+    Example:
+        >>> series = find_dicom_series("study/")                       # doctest: +SKIP
+        >>> [(s.modality, s.num_files, s.description) for s in series]  # doctest: +SKIP
+        [('CT', 190, 'CHEST 1.0 B30f')]
+        >>> volume = series[0].load()                                   # doctest: +SKIP
+    """
+
+    uid: str
+    modality: str
+    description: str
+    files: list[Path]
+    series_number: int | None
+    patient_id: str
+    study_uid: str
+    is_localizer: bool
+    folder: Path
+    part: str = ""
+    rows: int = 0
+    columns: int = 0
+    num_frames: int = 0
+    notes: tuple[str, ...] = ()
+    headers: tuple[FileHeader, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def num_files(self) -> int:
+        """Number of files in the series."""
+        return len(self.files)
+
+    @property
+    def key(self) -> str:
+        """A unique name: the uid, plus ``[part]`` for a part of a split series."""
+        return f"{self.uid} [{self.part}]" if self.part else self.uid
+
+    @property
+    def is_multiframe(self) -> bool:
+        """True for a single multi-frame file (Enhanced CT/MR, RT Dose)."""
+        return len(self.headers) == 1 and self.headers[0].is_multiframe
+
+    def summary(self) -> str:
+        """One line for listings and error messages."""
+        what = "localizer " if self.is_localizer else ""
+        return (
+            f"{self.key} ({what}{self.modality or '?'} #{self.series_number} {self.description!r}: "
+            f"{self.num_files} file(s), {self.num_frames} image(s) {self.rows}x{self.columns}, "
+            f"in {self.folder})"
+        )
+
+    def load(self, **kwargs: Any) -> Volume:
+        """Load this series as a Volume; keyword arguments as :func:`medres3d.io.dicom.load_dicom_series`.
+
+        Example:
+            >>> vol = find_dicom_series("study/")[0].load(strict=True)  # doctest: +SKIP
+        """
+        from medres3d.io.dicom_series import load_series
+
+        return load_series(self, **kwargs)
+
+
+@dataclass(frozen=True)
+class DicomScan:
+    """The result of :func:`scan_dicom_tree`: image series, and every file not used with the reason."""
+
+    series: list[DicomSeries]
+    skipped: list[SkippedFile]
+
+
+def scan_dicom_tree(
+    root: str | os.PathLike[str], recursive: bool = True, workers: int | None = None
+) -> DicomScan:
+    """Scan a folder (or one file) for DICOM image series, reading headers only.
+
+    Args:
+        root: a folder, or a single file.
+        recursive: also scan sub-folders.
+        workers: parallel header readers; None picks from the CPU count (processes for large
+            trees, where parsing, not disk, is the bottleneck), 1 reads serially.
+
+    Returns:
+        A DicomScan: ``series`` sorted by patient, study, series number and uid; ``skipped`` sorted
+        by path.
+
+    Raises:
+        CorruptFileError: ``root`` does not exist.
+
+    Example:
+        >>> scan = scan_dicom_tree("incoming/", recursive=True)  # doctest: +SKIP
+        >>> for s in scan.skipped: print(s.path, s.reason)       # doctest: +SKIP
+    """
+    root = Path(root)
+    if root.is_file():
+        paths = [root]
+    elif root.is_dir():
+        paths = list_files(root, recursive)
+    else:
+        raise CorruptFileError(root, "no such file or folder")
+    return scan_files(paths, workers)
+
+
+def find_dicom_series(root: str | os.PathLike[str], recursive: bool = True) -> list[DicomSeries]:
+    """The image series under ``root`` (see :func:`scan_dicom_tree`; skipped files are dropped).
+
+    Example:
+        >>> import medres3d as mr
+        >>> for s in mr.find_dicom_series("archive/"):  # doctest: +SKIP
+        ...     print(s.summary())
+    """
+    return scan_dicom_tree(root, recursive).series
+
+
+def list_files(root: Path, recursive: bool) -> list[Path]:
+    """Every regular file under ``root`` (symlinked folders not followed), sorted by path."""
+    if not recursive:
+        return sorted(p for p in root.iterdir() if p.is_file())
+    found: list[Path] = []
+    for folder, _dirs, names in os.walk(root):
+        found.extend(Path(folder, name) for name in names)
+    return sorted(p for p in found if p.is_file())
+
+
+def scan_files(paths: Sequence[Path], workers: int | None = None) -> DicomScan:
+    """Read the headers of ``paths`` in parallel and group them (the core of :func:`scan_dicom_tree`)."""
+    results = read_headers(paths, workers)
+    headers = [r for r in results if isinstance(r, FileHeader)]
+    skipped = [r for r in results if isinstance(r, SkippedFile)]
+    series, more_skipped = group_series(headers)
+    return DicomScan(series=series, skipped=sorted(skipped + more_skipped, key=lambda s: str(s.path)))
+
+
+def read_headers(paths: Sequence[Path], workers: int | None = None) -> list[FileHeader | SkippedFile]:
+    """:func:`read_header` over ``paths``, in input order, with threads or processes."""
+    cpus = os.cpu_count() or 1
+    if workers is None:
+        workers = cpus
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1 or None, got {workers}")
+    if workers == 1 or len(paths) < 8:
+        return [read_header(p) for p in paths]
+    if len(paths) >= _PROCESS_MIN_FILES and cpus > 1:
+        # Header parsing is pure Python: threads share one core through the GIL, processes do not.
+        chunk = max(16, len(paths) // (workers * 4))
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(read_header, paths, chunksize=chunk))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(read_header, paths))
+
+
+def group_series(headers: Iterable[FileHeader]) -> tuple[list[DicomSeries], list[SkippedFile]]:
+    """Group image file headers into series (the numbered rules of the module docstring)."""
+    by_uid: dict[str, list[FileHeader]] = defaultdict(list)
+    for h in sorted(headers, key=lambda h: str(h.path)):
+        # Files without a SeriesInstanceUID cannot be matched with anything but their folder.
+        by_uid[h.series_uid or f"(no SeriesInstanceUID) {h.path.parent}"].append(h)
+    series: list[DicomSeries] = []
+    skipped: list[SkippedFile] = []
+    for uid, members in by_uid.items():
+        groups, lost = _split_uid(members)
+        skipped.extend(lost)
+        series.extend(_name_parts(uid, groups))
+    series.sort(key=lambda s: (s.patient_id, s.study_uid, s.series_number or math.inf, s.uid, s.part))
+    return series, skipped
+
+
+@dataclass
+class _Group:
+    headers: list[FileHeader]
+    is_localizer: bool = False
+    labels: dict[str, str] = field(default_factory=dict)  # attribute -> value, for naming parts
+
+
+def _split_uid(members: list[FileHeader]) -> tuple[list[_Group], list[SkippedFile]]:
+    groups = [_Group([h], labels={"file": h.path.name}) for h in members if h.is_multiframe]
+    single = [h for h in members if not h.is_multiframe]
+    with_geometry = [h for h in single if h.position is not None and h.orientation is not None]
+    without = [h for h in single if h.position is None or h.orientation is None]
+    if single and not with_geometry:
+        reason = (
+            "no ImagePositionPatient/ImageOrientationPatient in any file of the series: a projection "
+            "or secondary-capture image, not a cross-sectional volume"
+        )
+        return groups, [SkippedFile(h.path, reason, "unsupported") for h in single]
+
+    localizers = [h for h in with_geometry if h.is_localizer]
+    images = [h for h in with_geometry if not h.is_localizer]
+    main = [g for part in _split_by_grid(images) for g in _split_repeats(part)]
+    _mark_orientation_outliers(main)
+    groups += main
+    for g in _split_by_grid(localizers):
+        g.is_localizer = True
+        g.labels["localizer"] = "localizer"
+        groups.append(g)
+    if without:
+        # They belong to this series but cannot be placed; loading the largest group names them.
+        target = max((g for g in groups if not g.is_localizer), key=lambda g: len(g.headers), default=None)
+        if target is None:
+            groups.append(_Group(without))
+        else:
+            target.headers = sorted(target.headers + without, key=lambda h: str(h.path))
+    return groups, []
+
+
+def _split_by_grid(headers: list[FileHeader]) -> list[_Group]:
+    """Split by orientation (clustered within tolerance), size, pixel spacing and echo."""
+    centres: list[np.ndarray] = []
+    buckets: dict[tuple[Any, ...], list[FileHeader]] = defaultdict(list)
+    for h in headers:
+        index = _orientation_cluster(np.asarray(h.orientation, dtype=np.float64), centres)
+        spacing = tuple(round(v, 4) for v in h.pixel_spacing) if h.pixel_spacing else None
+        buckets[(index, h.rows, h.columns, spacing, h.echo)].append(h)
+    groups = []
+    for (index, rows, cols, spacing, echo), members in buckets.items():
+        labels = {
+            "orientation": plane_name(centres[index]),
+            "size": f"{rows}x{cols}",
+            "spacing": f"{spacing[0]:g}x{spacing[1]:g} mm" if spacing else "no spacing",
+            "echo": f"echo {echo}",
+        }
+        groups.append(_Group(members, labels=labels))
+    return groups
+
+
+def _orientation_cluster(iop: np.ndarray, centres: list[np.ndarray]) -> int:
+    """Index of the first centre within tolerance of ``iop``; a new centre when none is."""
+    for index, centre in enumerate(centres):
+        if np.max(np.abs(iop - centre)) < _ORIENTATION_TOL:
+            return index
+    centres.append(iop)
+    return len(centres) - 1
+
+
+def _split_repeats(group: _Group) -> list[_Group]:
+    """Split a group whose positions repeat by acquisition, then temporal position, if that helps."""
+    if not _has_repeats(group.headers):
+        return [group]
+    for attribute, label in (("acquisition", "acquisition"), ("temporal_position", "time")):
+        parts: dict[int | None, list[FileHeader]] = defaultdict(list)
+        for h in group.headers:
+            parts[getattr(h, attribute)].append(h)
+        if len(parts) > 1 and not any(_has_repeats(members) for members in parts.values()):
+            return [
+                _Group(members, labels={**group.labels, attribute: f"{label} {value}"})
+                for value, members in sorted(parts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
+            ]
+    return [group]  # the loader reports (and compares) the duplicate positions
+
+
+def _has_repeats(headers: list[FileHeader]) -> bool:
+    if len(headers) < 2:
+        return False
+    iop = np.asarray(headers[0].orientation, dtype=np.float64)
+    normal = np.cross(iop[:3], iop[3:])
+    depth = np.sort(np.asarray([h.position for h in headers], dtype=np.float64) @ normal)
+    spacing = min(headers[0].pixel_spacing or (1.0, 1.0))
+    return bool(np.any(np.diff(depth) < 0.01 * spacing))
+
+
+def _mark_orientation_outliers(groups: list[_Group]) -> None:
+    largest = max((len(g.headers) for g in groups), default=0)
+    big_orientations = {g.labels["orientation"] for g in groups if len(g.headers) == largest}
+    for g in groups:
+        small = len(g.headers) <= _OUTLIER_MAX_FILES and len(g.headers) * _OUTLIER_RATIO <= largest
+        if small and g.labels["orientation"] not in big_orientations:
+            g.is_localizer = True
+            g.labels["localizer"] = "localizer"
+
+
+def plane_name(iop: Sequence[float]) -> str:
+    """The plane's name after the slice normal's main axis; "oblique ..." when tilted more than ~25 deg.
+
+    Example:
+        >>> plane_name((1, 0, 0, 0, 0, -1))
+        'coronal'
+    """
+    normal = np.abs(np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float)))
+    name = ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
+    return name if normal.max() > 0.9 else f"oblique {name}"
+
+
+def _name_parts(uid: str, groups: list[_Group]) -> list[DicomSeries]:
+    # Only the attributes that differ between the parts of one uid name them.
+    varying = [
+        attr
+        for attr in (
+            "file",
+            "localizer",
+            "orientation",
+            "size",
+            "spacing",
+            "echo",
+            "acquisition",
+            "temporal_position",
+        )
+        if len({g.labels.get(attr, "") for g in groups}) > 1
+    ]
+    images = [g for g in groups if not g.is_localizer]
+    localizer_files = sum(len(g.headers) for g in groups if g.is_localizer)
+    out = []
+    for g in groups:
+        part = ", ".join(g.labels[a] for a in varying if g.labels.get(a)) if len(groups) > 1 else ""
+        notes: tuple[str, ...] = ()
+        if localizer_files and not g.is_localizer and len(images) >= 1:
+            notes = (
+                f"localizer-excluded: {localizer_files} localizer file(s) of this series (ImageType "
+                "LOCALIZER, or a few slices in another orientation) are not part of the volume",
+            )
+        out.append(_make_series(uid, g, part, notes))
+    return out
+
+
+def _make_series(uid: str, group: _Group, part: str, notes: tuple[str, ...]) -> DicomSeries:
+    headers = sorted(group.headers, key=lambda h: str(h.path))
+    first = headers[0]
+    files = [h.path for h in headers]
+    folder = Path(os.path.commonpath([str(p.parent) for p in files]))
+    return DicomSeries(
+        uid=uid,
+        modality=first.modality,
+        description=first.description,
+        files=files,
+        series_number=first.series_number,
+        patient_id=first.patient_id,
+        study_uid=first.study_uid,
+        is_localizer=group.is_localizer,
+        folder=folder,
+        part=part,
+        rows=first.rows,
+        columns=first.columns,
+        num_frames=sum(h.frames for h in headers),
+        notes=notes,
+        headers=tuple(headers),
+    )

@@ -1,0 +1,329 @@
+"""One DICOM series (or the frames of one multi-frame file) to a Volume, with geometry checks.
+
+The slices' positions are planned onto one grid first (:func:`medres3d.io.dicom_geometry.plan_stack`),
+the voxel count is checked against the limit, the output array is allocated once and every slice
+is decoded straight into its place (in threads: file reads, NumPy and the decoder plugins release
+the GIL), rescaled per slice with its own RescaleSlope/Intercept. Then:
+
+- duplicates: a slice at the position of another is dropped when its pixels are identical
+  (``duplicate-slice``), and otherwise reported as ``conflicting-duplicate`` (the first file by name
+  is kept); ``strict=True`` raises instead;
+- missing slices: the empty grid slices are filled with the volume's minimum (``missing-slice``);
+- MONOCHROME1 data keeps its stored values (see ``docs/dicom.md``).
+
+Voxel layout: ``array[0, i, j, k]`` is ``pixel_array[j, i]`` of slice k, i.e. i runs along the
+ImageOrientationPatient row direction (pixel columns) and j along the column direction (pixel rows);
+the affine is RAS+ (DICOM's LPS with x and y negated). The array is a transposed view of the
+slice-major buffer (Fortran-ordered, like nibabel's NIfTI arrays), so no copy is made.
+
+Example:
+    >>> from medres3d.io.dicom import find_dicom_series
+    >>> vol = find_dicom_series("ct_folder/")[0].load()   # doctest: +SKIP
+    >>> vol.shape, vol.warnings                             # doctest: +SKIP
+    ((1, 512, 512, 190), [])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medres3d.errors import ConfigError, CorruptFileError, SeriesGeometryError, UnsupportedFormatError
+from medres3d.io.dicom_geometry import StackPlan, plan_stack
+from medres3d.io.dicom_header import FileHeader
+from medres3d.io.dicom_pixels import read_frames, rescale_into, stored_range
+from medres3d.io.limits import DEFAULT_MAX_VOXELS, check_voxel_count
+from medres3d.io.volume import Volume
+
+if TYPE_CHECKING:
+    from medres3d.io.dicom_scan import DicomSeries
+
+logger = logging.getLogger("medres3d.io.dicom")
+
+# DICOM Rows/Columns are 16-bit; anything outside is a corrupt header.
+_MAX_SIDE = 65535
+# Warnings listing files name at most this many.
+_MAX_NAMED = 5
+_DTYPES = ("float32", "float64", "native")
+
+
+@dataclass(frozen=True)
+class SliceSource:
+    """One 2D image to stack: where it is, how to read it, how to rescale it."""
+
+    path: Path
+    label: str
+    position: Sequence[float]
+    slope: float
+    intercept: float
+    read: Callable[[], np.ndarray]  # -> (rows, columns) stored values
+
+
+def load_series(
+    series: DicomSeries,
+    *,
+    dtype: str = "float32",
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    strict: bool = False,
+    workers: int | None = None,
+) -> Volume:
+    """Load one scanned series (see the module docstring); multi-frame files go to their own reader.
+
+    Args:
+        series: from :func:`medres3d.io.dicom.find_dicom_series`.
+        dtype: "float32" (default; rescaled values, HU for CT), "float64", or "native": the
+            rescaled values in the smallest integer type that holds them exactly (e.g. int16 HU),
+            falling back to float32 with a warning when the rescale is not integral.
+        max_voxels: refuse series whose headers claim more voxels (None: no limit).
+        strict: raise SeriesGeometryError on missing slices, uneven spacing and conflicting
+            duplicates instead of warning.
+        workers: decoding threads (None: one per CPU, at most 8).
+
+    Raises:
+        SeriesGeometryError: missing or inconsistent geometry; irregular slices when ``strict``.
+        UnsupportedFormatError: a single 2D slice.
+        CorruptFileError: undecodable or truncated pixel data, absurd image size.
+        ResourceLimitError: more voxels than ``max_voxels``.
+
+    Example:
+        >>> vol = load_series(find_dicom_series("ct/")[0], dtype="native")  # doctest: +SKIP
+        >>> vol.array.dtype                                                  # doctest: +SKIP
+        dtype('int16')
+    """
+    if series.is_multiframe:
+        from medres3d.io.dicom_multiframe import load_multiframe
+
+        return load_multiframe(
+            series.headers[0], dtype=dtype, max_voxels=max_voxels, strict=strict, notes=series.notes
+        )
+    headers = list(series.headers)
+    where = series.folder
+    first = headers[0]
+    for h in headers:
+        if h.position is None or h.orientation is None:
+            raise SeriesGeometryError(
+                h.path,
+                "no valid ImagePositionPatient/ImageOrientationPatient: the slice cannot be placed in the "
+                f"volume of series {series.key}",
+            )
+        if h.pixel_spacing is None:
+            raise SeriesGeometryError(h.path, "no valid PixelSpacing: the in-plane voxel size is unknown")
+    check_image_size(first)
+    if len(headers) == 1:
+        raise UnsupportedFormatError(
+            first.path, "a single 2D slice; pass the series folder (or a multi-frame file) to load a volume"
+        )
+    sources = [
+        SliceSource(h.path, h.path.name, h.position, h.slope, h.intercept, _single_frame_reader(h))  # type: ignore[arg-type]
+        for h in headers
+    ]
+    meta = series_meta(first)
+    meta["num_files"] = len(headers)
+    return build_volume(
+        sources,
+        orientation=first.orientation,  # type: ignore[arg-type]
+        pixel_spacing=first.pixel_spacing,  # type: ignore[arg-type]
+        template=first,
+        where=where,
+        meta=meta,
+        notes=series.notes,
+        dtype=dtype,
+        max_voxels=max_voxels,
+        strict=strict,
+        workers=workers,
+    )
+
+
+def _single_frame_reader(header: FileHeader) -> Callable[[], np.ndarray]:
+    return lambda: read_frames(header)[0]
+
+
+def check_image_size(header: FileHeader) -> None:
+    """Rows and Columns must be 1..65535 (anything else is a corrupt header)."""
+    for name, value in (("Rows", header.rows), ("Columns", header.columns)):
+        if not 0 < value <= _MAX_SIDE:
+            raise CorruptFileError(header.path, f"{name}={value} is not a valid image size (1..{_MAX_SIDE})")
+
+
+def series_meta(header: FileHeader) -> dict[str, Any]:
+    """The identifiers every DICOM volume carries in ``Volume.meta``."""
+    return {
+        "format": "dicom",
+        "patient_id": header.patient_id,
+        "study_uid": header.study_uid,
+        "series_uid": header.series_uid,
+        "series_number": header.series_number,
+        "description": header.description,
+        "sop_class_uid": header.sop_class_uid,
+        "transfer_syntax": header.transfer_syntax,
+        "photometric": header.photometric,
+    }
+
+
+def resolve_dtype(
+    dtype: object, sources: Sequence[SliceSource], template: FileHeader
+) -> tuple[np.dtype, str | None]:
+    """The output dtype for ``dtype`` (see :func:`load_series`); a warning if "native" cannot be kept."""
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in _DTYPES:
+        raise ConfigError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    if name != "native":
+        return np.dtype(name), None
+    slopes = {s.slope for s in sources}
+    intercepts = {s.intercept for s in sources}
+    if slopes != {1.0} or any(not float(b).is_integer() for b in intercepts):
+        return np.dtype(np.float32), (
+            "native-dtype: the rescale (slope/intercept) is not integral, so the values are returned "
+            "as float32"
+        )
+    lo, hi = stored_range(template)
+    lo, hi = lo + int(min(intercepts)), hi + int(max(intercepts))
+    for candidate in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32):
+        info = np.iinfo(candidate)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(candidate), None
+    return np.dtype(np.int64), None
+
+
+def build_volume(
+    sources: list[SliceSource],
+    *,
+    orientation: Sequence[float],
+    pixel_spacing: Sequence[float],
+    template: FileHeader,
+    where: str | os.PathLike[str],
+    meta: dict[str, Any],
+    notes: Sequence[str] = (),
+    dtype: str = "float32",
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    strict: bool = False,
+    workers: int | None = None,
+) -> Volume:
+    """Plan, check, allocate once, decode in place, wrap as a Volume (for series and multi-frame)."""
+    out_dtype, dtype_note = resolve_dtype(dtype, sources, template)
+    positions = np.asarray([s.position for s in sources], dtype=np.float64)
+    labels = [s.label for s in sources]
+    plan = plan_stack(positions, orientation, pixel_spacing, labels, where=os.fspath(where))
+    if plan.num_slices == 1:
+        raise UnsupportedFormatError(
+            where, f"all {len(sources)} images are at the same position: a single 2D slice, not a volume"
+        )
+    if strict and plan.errors:
+        raise SeriesGeometryError(where, "; ".join(plan.errors) + " (strict=True)")
+    rows, cols = template.rows, template.columns
+    check_voxel_count((1, cols, rows, plan.num_slices), where, max_voxels)
+
+    buffer = np.empty((plan.num_slices, rows, cols), dtype=out_dtype)
+    duplicates = {dup for dup, _ in plan.duplicates}
+
+    def fill(task: tuple[int, int]) -> None:
+        src, k = task
+        rescale_into(
+            buffer[k], _checked(sources[src], rows, cols), sources[src].slope, sources[src].intercept
+        )
+
+    _run(fill, [t for t in plan.slices if t[0] not in duplicates], workers)
+    warnings = list(notes)
+    warnings += _check_duplicates(plan, sources, buffer, rows, cols, strict, where)
+    warnings += plan.warnings
+    if plan.missing:
+        kept = [k for _, k in plan.slices]
+        buffer[plan.missing] = buffer[kept].min()
+    if dtype_note:
+        warnings.append(dtype_note)
+    if template.photometric == "MONOCHROME1":
+        warnings.append(
+            "monochrome1: PhotometricInterpretation is MONOCHROME1 (low values display white); the "
+            "stored values are kept, not inverted, so that rescaled values keep their physical meaning"
+        )
+    for message in warnings:
+        logger.warning("%s: %s", os.fspath(where), message)
+
+    slopes = [sources[src].slope for src, _ in plan.slices]
+    intercepts = [sources[src].intercept for src, _ in plan.slices]
+    uniform = len(set(slopes)) == 1 and len(set(intercepts)) == 1
+    meta = {
+        **meta,
+        "rescale": {"slope": slopes[0], "intercept": intercepts[0]}
+        if uniform
+        else {"slope": slopes, "intercept": intercepts, "per_slice": True},
+        "num_slices": plan.num_slices,
+        "missing_slices": plan.missing,
+        "warnings": warnings,
+    }
+    # (k, rows, cols) -> (1, i=cols, j=rows, k): a view, no copy.
+    array = buffer.transpose(2, 1, 0)[None]
+    return Volume(
+        array, plan.affine_ras, modality=template.modality or None, meta=meta, source=os.fspath(where)
+    )
+
+
+def _checked(source: SliceSource, rows: int, cols: int) -> np.ndarray:
+    frame = source.read()
+    if frame.shape != (rows, cols):
+        raise CorruptFileError(
+            source.path, f"{source.label} is {frame.shape[0]}x{frame.shape[1]}, the series is {rows}x{cols}"
+        )
+    return frame
+
+
+def _check_duplicates(
+    plan: StackPlan,
+    sources: list[SliceSource],
+    buffer: np.ndarray,
+    rows: int,
+    cols: int,
+    strict: bool,
+    where: str | os.PathLike[str],
+) -> list[str]:
+    grid = dict(plan.slices)
+    identical: list[str] = []
+    conflicting: list[str] = []
+    scratch = np.empty((rows, cols), dtype=buffer.dtype)
+    for dup, kept in plan.duplicates:
+        rescale_into(scratch, _checked(sources[dup], rows, cols), sources[dup].slope, sources[dup].intercept)
+        pair = f"{sources[dup].label} = {sources[kept].label}"
+        (identical if np.array_equal(scratch, buffer[grid[kept]]) else conflicting).append(pair)
+    warnings = []
+    if identical:
+        warnings.append(
+            f"duplicate-slice: {len(identical)} file(s) repeat another file's position with identical pixels "
+            f"and were dropped: {_names(identical)}"
+        )
+    if conflicting:
+        message = (
+            f"conflicting-duplicate: {len(conflicting)} file(s) share a position with another file but have "
+            f"different pixels; the first file by name was kept: {_names(conflicting)}"
+        )
+        if strict:
+            raise SeriesGeometryError(where, message + " (strict=True)")
+        warnings.append(message)
+    return warnings
+
+
+def _names(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_NAMED])
+    return shown + (f" and {len(items) - _MAX_NAMED} more" if len(items) > _MAX_NAMED else "")
+
+
+def _run(
+    function: Callable[[tuple[int, int]], None], tasks: list[tuple[int, int]], workers: int | None
+) -> None:
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1 or None, got {workers}")
+    if workers == 1 or len(tasks) < 4:
+        for task in tasks:
+            function(task)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(function, tasks):
+            pass  # iterating re-raises the first error from a worker
