@@ -248,7 +248,7 @@ def mri_phantom(
     s = rng_anatomy.uniform(0.93, 1.0)
     semi = np.array([0.78, 0.9, 0.85]) * s
     rel = np.zeros(dims, dtype=np.float32)
-    layers = ((1.0, 0.9), (0.93, 0.1), (0.87, 0.25), (0.83, 0.55), (0.62, 0.8))  # (scale, signal)
+    layers = ((1.0, 0.9), (0.94, 0.1), (0.88, 0.25), (0.85, 0.55), (0.72, 0.8))  # (scale, signal)
     for fraction, signal in layers:
         rel[_ellipsoid(g, (0, 0, 0), semi * fraction)] = signal
     for side in (-1.0, 1.0):

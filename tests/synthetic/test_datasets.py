@@ -1,0 +1,49 @@
+import csv
+
+import nibabel as nib
+import numpy as np
+import pydicom
+
+from medres3d.synthetic import make_messy_dicom_tree, make_phantom_dataset
+
+
+def test_phantom_dataset_manifest_is_balanced_and_stratified(tmp_path):
+    manifest = make_phantom_dataset(tmp_path, n=10, shape=(20, 20, 12), split_fractions=(0.6, 0.2, 0.2))
+    rows = list(csv.DictReader(manifest.open()))
+    assert len(rows) == 10
+    for label in ("normal", "lesion"):
+        splits = sorted(r["split"] for r in rows if r["label"] == label)
+        assert splits == ["test", "train", "train", "train", "val"]
+    image = nib.load(tmp_path / rows[0]["path"])
+    assert image.shape == (20, 20, 12)
+    np.testing.assert_allclose(image.header.get_zooms(), (1.5, 1.5, 1.5))
+
+
+def test_phantom_dataset_as_dicom_series_folders(tmp_path):
+    manifest = make_phantom_dataset(tmp_path, n=2, shape=(16, 16, 6), file_format="dicom", modality="MR")
+    rows = list(csv.DictReader(manifest.open()))
+    files = sorted((tmp_path / rows[0]["path"]).iterdir())
+    assert len(files) == 6
+    assert pydicom.dcmread(files[0]).Modality == "MR"
+
+
+def test_messy_tree_contents(tmp_path):
+    tree = make_messy_dicom_tree(tmp_path, shape=(16, 16, 6))
+    mixed = tree.series[0].folder
+    assert mixed == tree.series[1].folder  # two series in one folder
+    uids = {
+        pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID for f in mixed.iterdir() if f.is_file()
+    }
+    assert {tree.series[0].uid, tree.series[1].uid} <= uids
+    assert pydicom.dcmread(tree.localizers[0]).SeriesInstanceUID == tree.series[0].uid
+    broken = next(s for s in tree.series if s.broken)
+    header = pydicom.dcmread(broken.files[0], stop_before_pixels=True)
+    assert header.Rows == 16
+    try:
+        pydicom.dcmread(broken.files[0]).pixel_array  # noqa: B018
+    except (ValueError, EOFError, AttributeError):
+        pass
+    else:
+        raise AssertionError("a truncated file decoded completely")
+    assert [p.name for p in tree.non_dicom] == ["notes.txt"]
+    assert (tmp_path / "DICOMDIR").exists()
