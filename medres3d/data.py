@@ -1,0 +1,333 @@
+"""Training data: the manifest CSV, its validation, splits, and the MONAI datasets built from it.
+
+A manifest is a CSV with a header and columns ``path,label[,split]``. ``path`` is a NIfTI file,
+another format :func:`medres3d.io.load_volume` reads, or a DICOM series folder, relative to the
+manifest's folder. ``split`` is ``train``, ``val`` or ``test`` (test rows are ignored by
+training); without the column a stratified fraction of rows becomes the validation split.
+
+Row numbers in messages count the header as row 1, as a spreadsheet shows them.
+
+Every row is checked before training starts (:func:`read_manifest` for the file's structure and
+labels, :func:`check_files` for missing files, and the trainer's first pass for volumes that fail
+to load), and all problems are reported together in one :class:`~medres3d.errors.ManifestError`.
+
+The datasets load each scan with the model's :class:`~medres3d.transforms.PreprocessingSpec`
+(the same code inference uses), pad volumes smaller than the network input with the spec's
+``background_value`` (MONAI's symmetric padding, the geometry of sliding-window inference), and
+cache the result (memory: MONAI ``CacheDataset``; disk: ``PersistentDataset``), so only the random
+part (patch cropping, augmentation) runs again in later epochs.
+
+Example:
+    >>> rows = read_manifest("data/manifest.csv")                 # doctest: +SKIP
+    >>> names = class_names_of(rows)                              # doctest: +SKIP
+    >>> train, val = split_rows(rows, val_fraction=0.2, seed=0)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medres3d.errors import ConfigError, ManifestError, MedRes3DError
+
+if TYPE_CHECKING:
+    from monai.data import Dataset
+
+    from medres3d.config import AugmentationConfig
+    from medres3d.transforms import PreprocessingSpec
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One scan of the manifest.
+
+    Attributes:
+        row: row number in the CSV (header = row 1).
+        path: absolute path of the file or folder.
+        label: class name as written.
+        split: "train", "val", "test", or None when the manifest has no split column.
+        written_path: the path as written in the manifest (used for the data hash).
+    """
+
+    row: int
+    path: Path
+    label: str
+    split: str | None
+    written_path: str
+
+
+def read_manifest(manifest: str | os.PathLike[str]) -> list[ManifestRow]:
+    """Parse a manifest CSV; structural problems of every row are reported together.
+
+    Raises:
+        ManifestError: missing file, missing columns, empty path or label, unknown split value.
+
+    Example:
+        >>> read_manifest("data/manifest.csv")[0]   # doctest: +SKIP
+        ManifestRow(row=2, path=PosixPath('/data/scan001.nii.gz'), label='normal', split='train', ...)
+    """
+    manifest = Path(manifest)
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            records = [(n, {k.strip(): (v or "").strip() for k, v in rec.items() if k is not None})
+                       for n, rec in enumerate(reader, start=2)]
+    except FileNotFoundError as err:
+        raise ManifestError(manifest, "manifest file not found") from err
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ManifestError(manifest, f"cannot read the manifest as a UTF-8 CSV: {err}") from err
+    missing = [c for c in ("path", "label") if c not in columns]
+    if missing:
+        raise ManifestError(manifest, f"the header must name the columns path,label[,split]; missing "
+                                      f"{', '.join(missing)} (header: {','.join(columns)})")
+    has_split = "split" in columns
+    rows, problems = [], []
+    for number, record in records:
+        path, label, split = record.get("path", ""), record.get("label", ""), record.get("split")
+        if not path:
+            problems.append(f"row {number}: empty path")
+        if not label:
+            problems.append(f"row {number}: empty label")
+        if has_split and split not in SPLITS:
+            problems.append(f"row {number}: split {split!r} is not one of {', '.join(SPLITS)}")
+        rows.append(ManifestRow(number, (manifest.parent / path).resolve(), label,
+                                split if has_split else None, path))
+    if problems:
+        raise ManifestError(manifest, summarize_problems(problems))
+    if not rows:
+        raise ManifestError(manifest, "the manifest has a header but no rows")
+    return rows
+
+
+def class_names_of(rows: Sequence[ManifestRow], class_names: Sequence[str] | None = None,
+                   manifest: str | os.PathLike[str] = "manifest") -> list[str]:
+    """The class list: ``class_names`` if given (every label must be in it), else the sorted labels.
+
+    Example:
+        >>> rows = [ManifestRow(n, Path(p), label, None, p)
+        ...         for n, p, label in ((2, "a", "lesion"), (3, "b", "normal"))]
+        >>> class_names_of(rows)
+        ['lesion', 'normal']
+    """
+    if class_names is None:
+        names = sorted({r.label for r in rows})
+        if len(names) < 2:
+            raise ManifestError(manifest, f"training needs at least 2 classes; every row has label {names}")
+        return names
+    known = set(class_names)
+    problems = [f"row {r.row}: label {r.label!r} is not in the class list {list(class_names)}"
+                for r in rows if r.label not in known]
+    if problems:
+        raise ManifestError(manifest, summarize_problems(problems))
+    return list(class_names)
+
+
+def check_files(rows: Sequence[ManifestRow], manifest: str | os.PathLike[str]) -> dict[int, str]:
+    """Check that every row's file or folder exists; returns a stamp per row for the data hash.
+
+    The stamp lists names, sizes and modification times (of every file of a DICOM folder), so the
+    hash changes when a scan is replaced; it does not read the contents.
+
+    Raises:
+        ManifestError: listing every row whose path is missing or is an empty folder.
+    """
+    stamps, problems = {}, []
+    for r in rows:
+        try:
+            if r.path.is_dir():
+                files = sorted(p for p in r.path.rglob("*") if p.is_file())
+                if not files:
+                    problems.append(f"row {r.row}: folder {r.written_path!r} is empty")
+                    continue
+                parts = [f"{p.relative_to(r.path).as_posix()}:{_stat(p)}" for p in files]
+            elif r.path.is_file():
+                parts = [_stat(r.path)]
+            else:
+                problems.append(f"row {r.row}: {r.written_path!r} does not exist ({r.path})")
+                continue
+        except OSError as err:
+            problems.append(f"row {r.row}: cannot read {r.written_path!r}: {err}")
+            continue
+        stamps[r.row] = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    if problems:
+        raise ManifestError(manifest, summarize_problems(problems))
+    return stamps
+
+
+def data_hash(rows: Sequence[ManifestRow], stamps: Mapping[int, str]) -> str:
+    """SHA-256 over every row (path as written, label, split) and its file stamp.
+
+    Example:
+        >>> len(data_hash([ManifestRow(2, Path("/a"), "x", None, "a")], {2: "0"}))
+        64
+    """
+    digest = hashlib.sha256()
+    for r in rows:
+        digest.update(json.dumps([r.written_path, r.label, r.split, stamps[r.row]]).encode())
+    return digest.hexdigest()
+
+
+def split_rows(rows: Sequence[ManifestRow], val_fraction: float, seed: int
+               ) -> tuple[list[ManifestRow], list[ManifestRow]]:
+    """(train, val): the split column when present, else a stratified random ``val_fraction``.
+
+    Test rows are left out of both. Without a split column each class keeps at least one training
+    row and, when ``val_fraction > 0`` and it has two or more rows, gives at least one to validation.
+
+    Example:
+        >>> rows = [ManifestRow(n, Path(str(n)), "ab"[n % 2], None, str(n)) for n in range(2, 12)]
+        >>> train, val = split_rows(rows, 0.2, seed=0)
+        >>> len(train), len(val), sorted(r.label for r in val)
+        (8, 2, ['a', 'b'])
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if rows and rows[0].split is not None:
+        return [r for r in rows if r.split == "train"], [r for r in rows if r.split == "val"]
+    rng = np.random.default_rng(seed)
+    val_rows: set[int] = set()
+    for label in sorted({r.label for r in rows}):
+        members = [r.row for r in rows if r.label == label]
+        count = round(len(members) * val_fraction)
+        if val_fraction > 0 and len(members) >= 2:
+            count = min(max(count, 1), len(members) - 1)
+        val_rows.update(rng.permutation(members)[:count].tolist())
+    return [r for r in rows if r.row not in val_rows], [r for r in rows if r.row in val_rows]
+
+
+def items_of(rows: Sequence[ManifestRow], class_names: Sequence[str], stamps: Mapping[int, str]
+             ) -> list[dict[str, Any]]:
+    """MONAI data dicts: ``image`` (path), ``label`` (class index), ``row``, ``stamp``.
+
+    The stamp is part of each item so a disk cache entry is invalidated when its scan changes.
+    """
+    index = {name: i for i, name in enumerate(class_names)}
+    return [{"image": str(r.path), "label": index[r.label], "row": r.row, "stamp": stamps[r.row]}
+            for r in rows]
+
+
+def _load_preprocess_class() -> type:
+    """Build the transform class lazily so that ``import medres3d.data`` does not import MONAI."""
+    from monai.transforms import Transform
+
+    class LoadPreprocessd(Transform):
+        """Load ``data["image"]`` with medres3d.io and preprocess it with a spec (deterministic).
+
+        A scan that fails to load does not raise: the item comes back without an image and with
+        ``error`` set, so one pass can report every bad row of the manifest at once.
+        """
+
+        def __init__(self, spec: PreprocessingSpec) -> None:
+            self.spec = spec
+
+        def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+            from medres3d.io.readers import load_volume
+            from medres3d.transforms import preprocess
+
+            out = dict(data)
+            try:
+                image = preprocess(load_volume(data["image"]), self.spec)
+            except MedRes3DError as err:
+                out.pop("image")
+                out["error"] = str(err)
+                return out
+            out["image"] = image.as_tensor() if hasattr(image, "as_tensor") else image
+            return out
+
+    return LoadPreprocessd
+
+
+def prepare_transform(spec: PreprocessingSpec, input_size: Sequence[int]) -> Any:
+    """The deterministic (cacheable) part: load, preprocess, pad to at least the input size."""
+    from monai.transforms import Compose, SpatialPadd
+
+    return Compose([
+        _load_preprocess_class()(spec),
+        SpatialPadd("image", spatial_size=tuple(input_size), method="symmetric", mode="constant",
+                    value=float(spec.background_value), allow_missing_keys=True),
+    ])
+
+
+def random_transform(input_size: Sequence[int], *, patches: bool,
+                     augmentation: AugmentationConfig | None) -> Any | None:
+    """The random part, run every epoch: a window of the input size (patches) and augmentations."""
+    from monai.transforms import (
+        Compose,
+        RandAffined,
+        RandFlipd,
+        RandGaussianNoised,
+        RandShiftIntensityd,
+        RandSpatialCropd,
+    )
+
+    steps: list[Any] = []
+    if patches:
+        steps.append(RandSpatialCropd("image", roi_size=tuple(input_size), random_size=False))
+    aug = augmentation
+    if aug is not None:
+        if aug.flip.prob > 0:
+            steps.extend(RandFlipd("image", prob=aug.flip.prob, spatial_axis=axis) for axis in aug.flip.axes)
+        if aug.affine.prob > 0:
+            # "border" repeats edge voxels: no artificial zeros in intensity-scaled images
+            steps.append(RandAffined("image", prob=aug.affine.prob,
+                                     rotate_range=(float(np.deg2rad(aug.affine.rotate_deg)),) * 3,
+                                     scale_range=(aug.affine.scale,) * 3, mode="bilinear",
+                                     padding_mode="border"))
+        if aug.noise.prob > 0:
+            steps.append(RandGaussianNoised("image", prob=aug.noise.prob, std=aug.noise.std))
+        if aug.shift.prob > 0:
+            steps.append(RandShiftIntensityd("image", offsets=aug.shift.offset, prob=aug.shift.prob))
+    return Compose(steps) if steps else None
+
+
+def cached_dataset(items: Sequence[dict[str, Any]], prepare: Any, cache: str,
+                   cache_dir: str | os.PathLike[str] | None, num_workers: int = 0) -> Dataset:
+    """Items with the deterministic part applied and kept per ``cache`` ("memory", "disk", "none")."""
+    from monai.data import CacheDataset, Dataset, PersistentDataset
+
+    if cache == "memory":
+        return CacheDataset(list(items), prepare, num_workers=max(num_workers, 1), progress=False,
+                            copy_cache=False)
+    if cache == "disk":
+        if cache_dir is None:
+            raise ConfigError("cache 'disk' needs a cache folder")
+        return PersistentDataset(list(items), prepare, cache_dir=cache_dir)
+    if cache == "none":
+        return Dataset(list(items), prepare)
+    raise ConfigError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}")
+
+
+def with_random(base: Dataset, transform: Any | None) -> Dataset:
+    """``base`` with the random part applied on every access (``base`` itself when there is none)."""
+    from monai.data import Dataset
+
+    return base if transform is None else Dataset(base, transform)
+
+
+def cache_key(spec: PreprocessingSpec, input_size: Sequence[int]) -> str:
+    """A folder name that changes with anything that changes the cached volumes."""
+    text = json.dumps({"spec": spec.to_dict(), "input_size": list(input_size)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _stat(path: Path) -> str:
+    info = path.stat()
+    return f"{info.st_size}:{info.st_mtime_ns}"
+
+
+def summarize_problems(problems: Sequence[str], limit: int = 20) -> str:
+    """``"N problem(s): row 3: ...; row 7: ..."``, at most ``limit`` of them spelled out."""
+    shown = "; ".join(problems[:limit])
+    more = f"; ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return f"{len(problems)} problem(s): {shown}{more}"
