@@ -41,6 +41,7 @@ def make_phantom_dataset(
     split_fractions: Sequence[float] = (0.6, 0.2, 0.2),
     lesion_radius_mm: tuple[float, float] = (4.0, 8.0),
     lesion_contrast: tuple[float, float] = (60.0, 120.0),
+    size_jitter: float = 0.0,
     seed: int = 0,
 ) -> Path:
     """Write ``n`` phantoms, half with a lesion, and a ``manifest.csv`` (``path,label,split``).
@@ -57,6 +58,8 @@ def make_phantom_dataset(
         file_format: "nifti" (``.nii.gz`` files) or "dicom" (one series folder per volume).
         split_fractions: train, val, test fractions (non-negative, summing to 1).
         lesion_radius_mm, lesion_contrast: (low, high) ranges sampled uniformly.
+        size_jitter: each volume's shape is ``shape`` times a random factor in ``[1 - j, 1 + j]`` per
+            axis (0 <= j < 0.5), so the set holds several sizes, as real scans do.
         seed: makes the data set reproducible.
 
     Returns:
@@ -79,6 +82,8 @@ def make_phantom_dataset(
         raise ConfigError(
             f"split_fractions must be three non-negative numbers summing to 1, got {split_fractions!r}"
         )
+    if not 0.0 <= size_jitter < 0.5:
+        raise ConfigError(f"size_jitter must be in [0, 0.5), got {size_jitter!r}")
     out = Path(root)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -89,16 +94,18 @@ def make_phantom_dataset(
         bounds = np.rint(np.cumsum(fractions) * len(members)).astype(int)
         for split, chunk in zip(_SPLITS, np.split(members, bounds[:2]), strict=True):
             splits[chunk] = split
-    affine = centered_origin(shape, make_affine(spacing))
     rows = []
     for index in range(n):
         has_lesion = bool(labels[index])
+        factors = rng.uniform(1.0 - size_jitter, 1.0 + size_jitter, size=3)
+        case_shape = tuple(max(4, round(s * f)) for s, f in zip(shape, factors, strict=True))
+        affine = centered_origin(case_shape, make_affine(spacing))
         radius = float(rng.uniform(*lesion_radius_mm))
         contrast = float(rng.uniform(*lesion_contrast))
         case_seed = int(rng.integers(2**31))
         if modality == "CT":
             volume = ct_phantom(
-                shape,
+                case_shape,
                 spacing=spacing,
                 lesion=has_lesion,
                 lesion_radius_mm=radius,
@@ -107,7 +114,7 @@ def make_phantom_dataset(
             )
         else:
             volume = mri_phantom(
-                shape,
+                case_shape,
                 spacing=spacing,
                 lesion=has_lesion,
                 lesion_radius_mm=radius,

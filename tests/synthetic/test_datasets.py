@@ -47,3 +47,11 @@ def test_messy_tree_contents(tmp_path):
         raise AssertionError("a truncated file decoded completely")
     assert [p.name for p in tree.non_dicom] == ["notes.txt"]
     assert (tmp_path / "DICOMDIR").exists()
+
+
+def test_size_jitter_gives_several_shapes_within_bounds(tmp_path):
+    manifest = make_phantom_dataset(tmp_path, n=6, shape=(20, 20, 16), size_jitter=0.25, seed=1)
+    shapes = {nib.load(tmp_path / r["path"]).shape for r in csv.DictReader(manifest.open())}
+    assert len(shapes) > 1
+    for shape in shapes:
+        assert all(0.75 * n - 1 <= s <= 1.25 * n + 1 for s, n in zip(shape, (20, 20, 16), strict=True))
