@@ -1,0 +1,79 @@
+"""Manifest parsing and checks: every bad row is reported, with its spreadsheet row number."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medres3d.data import check_files, class_names_of, data_hash, read_manifest, split_rows
+from medres3d.errors import ManifestError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "manifest.csv"
+    path.write_text(text)
+    return path
+
+
+def test_rows_resolve_relative_to_the_manifest(tmp_path):
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "scans" / "a.nii.gz").write_bytes(b"x")
+    rows = read_manifest(_write(tmp_path, "path,label\nscans/a.nii.gz,normal\n"))
+    assert rows[0].row == 2 and rows[0].path == tmp_path / "scans" / "a.nii.gz" and rows[0].split is None
+
+
+def test_structural_problems_are_all_listed(tmp_path):
+    manifest = _write(tmp_path, "path,label,split\na.nii,x,train\n,y,train\nb.nii,,val\nc.nii,x,holdout\n")
+    with pytest.raises(ManifestError) as info:
+        read_manifest(manifest)
+    message = str(info.value)
+    assert message.startswith(str(manifest))
+    assert "3 problem(s)" in message
+    for expected in ("row 3: empty path", "row 4: empty label", "row 5: split 'holdout'"):
+        assert expected in message
+
+
+def test_missing_columns_and_missing_file(tmp_path):
+    with pytest.raises(ManifestError, match="missing label"):
+        read_manifest(_write(tmp_path, "path,class\na.nii,x\n"))
+    with pytest.raises(ManifestError, match="manifest file not found"):
+        read_manifest(tmp_path / "nope.csv")
+
+
+def test_labels_outside_the_class_list_name_their_rows(tmp_path):
+    rows = read_manifest(_write(tmp_path, "path,label\na,normal\nb,lesion\nc,tumour\nd,lesoin\n"))
+    with pytest.raises(ManifestError) as info:
+        class_names_of(rows, ["normal", "lesion"], "m.csv")
+    assert "row 4: label 'tumour'" in str(info.value) and "row 5: label 'lesoin'" in str(info.value)
+    assert class_names_of(rows) == ["lesion", "lesoin", "normal", "tumour"]
+
+
+def test_missing_files_and_empty_folders_are_listed(tmp_path):
+    (tmp_path / "ok.nii.gz").write_bytes(b"x")
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "1.dcm").write_bytes(b"y")
+    (tmp_path / "empty").mkdir()
+    rows = read_manifest(_write(tmp_path, "path,label\nok.nii.gz,a\nseries,b\ngone.nii.gz,a\nempty,b\n"))
+    with pytest.raises(ManifestError) as info:
+        check_files(rows, "m.csv")
+    message = str(info.value)
+    assert "2 problem(s)" in message and "row 4: 'gone.nii.gz' does not exist" in message
+    assert "row 5: folder 'empty' is empty" in message
+    stamps = check_files(rows[:2], "m.csv")
+    before = data_hash(rows[:2], stamps)
+    (tmp_path / "series" / "2.dcm").write_bytes(b"z")  # a slice added to the series changes the hash
+    assert data_hash(rows[:2], check_files(rows[:2], "m.csv")) != before
+    assert data_hash(rows[:2], stamps) == before
+
+
+def test_split_column_and_stratified_split(tmp_path):
+    rows = read_manifest(_write(tmp_path, "path,label,split\na,x,train\nb,y,val\nc,x,test\nd,y,train\n"))
+    train, val = split_rows(rows, 0.5, seed=0)
+    assert [r.row for r in train] == [2, 5] and [r.row for r in val] == [3]
+    text = "path,label\n" + "".join(f"s{i},{'xy'[i % 2] if i < 16 else 'z'}\n" for i in range(20))
+    rows = read_manifest(_write(tmp_path, text))
+    train, val = split_rows(rows, 0.25, seed=3)
+    assert sorted(r.label for r in val) == ["x", "x", "y", "y", "z"]   # round(8 * 0.25), round(4 * 0.25)
+    assert len(train) + len(val) == 20 and not {r.row for r in train} & {r.row for r in val}
+    assert split_rows(rows, 0.25, seed=3) == (train, val)
