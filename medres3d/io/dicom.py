@@ -183,7 +183,7 @@ def _choose(where: Path, scan: DicomScan, series_uid: str | None) -> DicomSeries
                 "only localizer series found (pass series_uid to load one anyway): "
                 + "; ".join(s.summary() for s in scan.series),
             )
-        skipped = f"; skipped {_skip_summary(scan.skipped)}" if scan.skipped else " (no files)"
+        skipped = f"; {_skip_summary(scan.skipped)}" if scan.skipped else " (no files)"
         raise NotAnImageError(where, f"no DICOM image series found{skipped}")
     if len(images) > 1:
         raise MultipleSeriesError(

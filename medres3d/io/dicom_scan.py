@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -70,7 +71,7 @@ class DicomSeries:
         is_localizer: a scout/localizer (ImageType LOCALIZER or an orientation outlier).
         folder: the deepest folder holding all files.
         part: what distinguishes this part of a split series ("" when not split), e.g.
-            "echo 2", "acquisition 3", "orientation sagittal", "localizer".
+            "echo 2", "acquisition 3", "sagittal", "localizer, coronal".
         rows, columns: image size of every file.
         num_frames: number of 2D images (files, or frames of a multi-frame file).
         notes: scan-time remarks carried into the loaded volume's warnings (e.g. excluded localizers).
@@ -233,8 +234,22 @@ def group_series(headers: Iterable[FileHeader]) -> tuple[list[DicomSeries], list
         groups, lost = _split_uid(members)
         skipped.extend(lost)
         series.extend(_name_parts(uid, groups))
-    series.sort(key=lambda s: (s.patient_id, s.study_uid, s.series_number or math.inf, s.uid, s.part))
+    series.sort(
+        key=lambda s: (
+            s.patient_id,
+            s.study_uid,
+            s.series_number or math.inf,
+            s.uid,
+            s.is_localizer,
+            _natural(s.part),
+        )
+    )
     return series, skipped
+
+
+def _natural(text: str) -> list[Any]:
+    """Sort key putting "echo 2" before "echo 10"."""
+    return [(0, int(tok), "") if tok.isdigit() else (1, 0, tok) for tok in re.split(r"(\d+)", text)]
 
 
 @dataclass

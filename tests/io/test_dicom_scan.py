@@ -1,0 +1,181 @@
+"""Series discovery: grouping, splitting, localizers, skipped files, choosing a series."""
+
+import numpy as np
+import pytest
+
+from medres3d.errors import NotAnImageError
+from medres3d.io import dicom_scan
+from medres3d.io.dicom import MultipleSeriesError, load_dicom_series, scan_dicom_tree
+from medres3d.synthetic import (
+    make_affine,
+    make_messy_dicom_tree,
+    write_dicom_series,
+    write_localizer,
+    write_non_image_object,
+)
+
+SHAPE = (6, 5, 8)
+
+
+def _volume(seed):
+    return np.random.default_rng(seed).integers(-1000, 1000, size=SHAPE).astype(np.float32)
+
+
+def test_two_series_and_localizers_in_one_folder_come_back_separately(tmp_path):
+    a, b = _volume(0), _volume(1)
+    write_dicom_series(
+        a,
+        make_affine((1, 1, 2)),
+        tmp_path,
+        series_uid="1.2.3.1",
+        study_uid="1.2",
+        series_number=2,
+        description="A",
+    )
+    write_dicom_series(
+        b,
+        make_affine((1, 1, 3)),
+        tmp_path,
+        series_uid="1.2.3.2",
+        study_uid="1.2",
+        series_number=3,
+        description="B",
+    )
+    write_localizer(tmp_path, series_uid="1.2.3.1")  # a scout saved inside series A
+    write_localizer(tmp_path, series_uid="1.2.3.9", plane="sagittal")  # a scout series of its own
+
+    scan = scan_dicom_tree(tmp_path)
+
+    images = [s for s in scan.series if not s.is_localizer]
+    assert [(s.uid, s.num_files, s.description) for s in images] == [("1.2.3.1", 8, "A"), ("1.2.3.2", 8, "B")]
+    assert sorted(s.uid for s in scan.series if s.is_localizer) == ["1.2.3.1", "1.2.3.9"]
+    assert scan.skipped == []
+    with pytest.raises(MultipleSeriesError, match="2 image series found") as info:
+        load_dicom_series(tmp_path)
+    assert "1.2.3.1" in str(info.value) and "'B'" in str(info.value) and len(info.value.series) == 2
+
+    vol_a = load_dicom_series(tmp_path, series_uid="1.2.3.1")
+    np.testing.assert_array_equal(vol_a.array[0], a)
+    codes = [w.split(":")[0] for w in vol_a.warnings]
+    assert codes == ["localizer-excluded", "localizer-excluded"]  # the one in A, and the other series
+    np.testing.assert_array_equal(images[1].load().array[0], b)
+
+
+def test_orientation_outlier_in_a_series_is_a_localizer(tmp_path):
+    array = _volume(2)
+    write_dicom_series(array, make_affine((1, 1, 2)), tmp_path, series_uid="1.2.5", study_uid="1.2")
+    single = np.zeros((6, 5, 1), np.float32)
+    write_dicom_series(
+        single, make_affine((1, 1, 1), "sagittal"), tmp_path, series_uid="1.2.5", study_uid="1.2"
+    )
+
+    scan = scan_dicom_tree(tmp_path)
+
+    assert [(s.num_files, s.is_localizer, s.part) for s in scan.series] == [
+        (8, False, "axial"),
+        (1, True, "localizer, sagittal"),
+    ]
+    vol = load_dicom_series(tmp_path)
+    np.testing.assert_array_equal(vol.array[0], array)
+    assert vol.warnings[0].startswith("localizer-excluded: 1 localizer file(s)")
+
+
+def test_echoes_are_split_and_chosen_by_key(tmp_path):
+    echo1, echo2 = _volume(3), _volume(4)
+    for echo, array in ((1, echo1), (2, echo2)):
+        write_dicom_series(
+            array,
+            make_affine(),
+            tmp_path,
+            modality="MR",
+            series_uid="1.2.6",
+            study_uid="1.2",
+            echo_number=echo,
+        )
+
+    series = scan_dicom_tree(tmp_path).series
+    assert [s.key for s in series] == ["1.2.6 [echo 1]", "1.2.6 [echo 2]"]
+    with pytest.raises(MultipleSeriesError, match="split into 2 parts"):
+        load_dicom_series(tmp_path, series_uid="1.2.6")
+    np.testing.assert_array_equal(load_dicom_series(tmp_path, series_uid="1.2.6 [echo 2]").array[0], echo2)
+
+
+def test_acquisitions_are_split_only_when_their_positions_repeat(tmp_path):
+    array = _volume(5)
+    affine = make_affine((1, 1, 2))
+    # A CT whose two acquisitions cover different ranges: one volume.
+    upper = make_affine((1, 1, 2), origin=(0, 0, 8))
+    write_dicom_series(array[..., :4], affine, tmp_path / "ranges", series_uid="1.2.7", acquisition_number=1)
+    write_dicom_series(array[..., 4:], upper, tmp_path / "ranges", series_uid="1.2.7", acquisition_number=2)
+    (whole,) = scan_dicom_tree(tmp_path / "ranges").series
+    np.testing.assert_array_equal(whole.load().array[0], array)
+    # Two passes over the same range (e.g. before/after contrast): two volumes.
+    for acquisition in (1, 2):
+        write_dicom_series(
+            array + acquisition,
+            affine,
+            tmp_path / "passes",
+            series_uid="1.2.8",
+            study_uid="1.2",
+            acquisition_number=acquisition,
+        )
+    parts = scan_dicom_tree(tmp_path / "passes").series
+    assert [s.part for s in parts] == ["acquisition 1", "acquisition 2"]
+    np.testing.assert_array_equal(parts[1].load().array[0], array + 2)
+
+
+def test_non_image_and_non_dicom_files_are_skipped_with_reasons(tmp_path):
+    array = _volume(6)
+    write_dicom_series(array, make_affine(), tmp_path)
+    for kind in ("SEG", "SR", "RTSTRUCT", "PR"):
+        write_non_image_object(kind, tmp_path / f"{kind.lower()}.dcm")
+    write_non_image_object("DICOMDIR", tmp_path / "DICOMDIR")
+    (tmp_path / "notes.dcm").write_text("not dicom at all\n")
+    (tmp_path / "empty.dcm").write_bytes(b"")
+
+    scan = scan_dicom_tree(tmp_path)
+
+    reasons = {s.path.name: s.reason for s in scan.skipped}
+    assert reasons.pop("sr.dcm").endswith(" SR Storage (SR)")
+    assert reasons == {
+        "DICOMDIR": "not an image: Media Storage Directory Storage (DICOMDIR)",
+        "empty.dcm": "empty file (0 bytes)",
+        "notes.dcm": "not a DICOM file (no DICM prefix)",
+        "pr.dcm": "not an image: Grayscale Softcopy Presentation State Storage (PR)",
+        "rtstruct.dcm": "not an image: RT Structure Set Storage (RTSTRUCT)",
+        "seg.dcm": "not an image: Segmentation Storage (SEG)",
+    }
+    vol = load_dicom_series(tmp_path)
+    np.testing.assert_array_equal(vol.array[0], array)
+    assert vol.warnings[0].startswith("skipped-files: 7 file(s) not used")
+
+
+def test_folder_without_images_lists_what_was_skipped(tmp_path):
+    write_non_image_object("SR", tmp_path / "report.dcm")
+    (tmp_path / "readme.txt").write_text("hello")
+    with pytest.raises(NotAnImageError, match=r"no DICOM image series found; 2 file\(s\) not used") as info:
+        load_dicom_series(tmp_path)
+    assert "SR Storage (SR) (e.g. report.dcm)" in str(info.value) and "readme.txt" in str(info.value)
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(NotAnImageError, match=r"no DICOM image series found \(no files\)"):
+        load_dicom_series(tmp_path / "nothing")
+
+
+def test_messy_tree(tmp_path):
+    tree = make_messy_dicom_tree(tmp_path, shape=(8, 8, 4))
+    scan = scan_dicom_tree(tmp_path)
+    images = [s for s in scan.series if not s.is_localizer]
+    assert sorted(s.uid for s in images) == sorted(s.uid for s in tree.series)
+    skipped = {s.path for s in scan.skipped}
+    assert set(tree.non_image) | set(tree.non_dicom) <= skipped
+    assert not any(s.uid not in {w.uid for w in tree.series} for s in images)
+
+
+def test_process_pool_scan_equals_serial_scan(tmp_path, monkeypatch):
+    write_dicom_series(_volume(7), make_affine(), tmp_path / "a")
+    write_dicom_series(_volume(8), make_affine((1, 1, 2), "coronal"), tmp_path / "b")
+    serial = scan_dicom_tree(tmp_path, workers=1)
+    monkeypatch.setattr(dicom_scan, "_PROCESS_MIN_FILES", 8)
+    parallel = scan_dicom_tree(tmp_path, workers=2)
+    assert [s.files for s in parallel.series] == [s.files for s in serial.series]
+    assert [s.headers for s in parallel.series] == [s.headers for s in serial.series]
