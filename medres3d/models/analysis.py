@@ -196,7 +196,7 @@ def _run_hooked(net: nn.Module, input_shape: Sequence[int], strict: bool) -> tup
     ``strict``, an input that no leaf module produced (a functional op between layers) is an
     error, because the graph would silently miss an edge.
     """
-    leaves = {name: m for name, m in net.named_modules() if name and next(m.children(), None) is None}
+    leaves = {name: m for name, m in net.named_modules() if next(m.children(), None) is None}
     x = torch.empty(tuple(input_shape), device="meta")
     producers: dict[int, str] = {}
     keep: list[torch.Tensor] = [x]  # keeps ids unique while the run lasts

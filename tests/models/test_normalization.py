@@ -59,7 +59,8 @@ def test_constant_channel_divides_by_one_not_zero():
     assert layer.std.item() == 0
     out = layer(torch.tensor([4.0, 6.0]).reshape(1, 1, 2, 1, 1))
     assert out.flatten().tolist() == [0.0, 2.0]
-    rescale = fit_normalization(InputNormalization("rescale-symmetric", 1), [torch.full((1, 1, 2, 2, 2), 4.0)])
+    rescale = fit_normalization(InputNormalization("rescale-symmetric", 1),
+                                [torch.full((1, 1, 2, 2, 2), 4.0)])
     assert rescale(torch.full((1, 1, 1, 1, 1), 4.0)).item() == -1.0
 
 

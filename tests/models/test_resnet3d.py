@@ -38,8 +38,8 @@ def test_every_option_builds_and_runs(options):
     net = tiny((32, 32, 32, 2), 3, **options)
     cfg = net.config
     for key, value in options.items():
-        got = getattr(cfg, key)
-        assert got == (value if not isinstance(value, int) or key in ("initial_num_filters",) else (value,) * 3)
+        broadcast = isinstance(value, int) and key in ("initial_filter_size", "initial_stride")
+        assert getattr(cfg, key) == ((value,) * 3 if broadcast else value)
     x = torch.randn(2, 2, 32, 32, 32)
     assert net(x).shape == (2, 3)
     # Stem: kernel, stride and filters as configured.
