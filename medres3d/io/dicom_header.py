@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,16 +158,31 @@ def read_header(path: str | os.PathLike[str]) -> FileHeader | SkippedFile:
                 return SkippedFile(path, "not a DICOM file (no DICM prefix)", "not-dicom")
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not has_prefix, specific_tags=SCAN_TAGS)
             pixel_offset: int | None = fp.tell()
+            size = os.fstat(fp.fileno()).st_size
+            if pixel_offset > size:
+                # pydicom seeks past the values it skips, so a file cut inside one ends up here
+                return SkippedFile(
+                    path, f"truncated: the header runs past the end of the file ({size} bytes)", "unreadable"
+                )
             if _transfer_syntax(ds) == DeflatedExplicitVRLittleEndian:
                 # pydicom inflated the dataset into memory: the file offset means nothing here.
                 pixel_offset, has_pixels = None, "Rows" in ds
             else:
-                has_pixels = fp.read(4) in _PIXEL_TAG_BYTES
+                peek = fp.read(4)
+                has_pixels = peek in _PIXEL_TAG_BYTES
+                if not peek and ("Rows" in ds or "Image Storage" in UID(_sop_class(ds)).name):
+                    return SkippedFile(path, "file is truncated: it ends before the pixel data", "unreadable")
     except OSError as err:
         return SkippedFile(path, f"cannot read file: {err.strerror or err}", "unreadable")
-    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError) as err:
+    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, struct.error) as err:
         return SkippedFile(path, f"unreadable DICOM header: {err}", "unreadable")
     return _classify(path, ds, has_pixels, pixel_offset)
+
+
+def _sop_class(ds: pydicom.Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    media = meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""
+    return str(ds.get("SOPClassUID", "") or media or "")
 
 
 def _transfer_syntax(ds: pydicom.Dataset) -> str:
@@ -180,10 +196,7 @@ def _transfer_syntax(ds: pydicom.Dataset) -> str:
 def _classify(
     path: Path, ds: pydicom.Dataset, has_pixels: bool, pixel_offset: int | None
 ) -> FileHeader | SkippedFile:
-    meta = getattr(ds, "file_meta", None)
-    sop = str(
-        ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else "")
-    )
+    sop = _sop_class(ds)
     if not sop and "Rows" not in ds:
         return SkippedFile(path, "not a DICOM image (no SOPClassUID, no Rows)", "not-dicom")
     sop_name = UID(sop).name if sop else "unknown SOP class"

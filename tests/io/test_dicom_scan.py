@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from medres3d.errors import NotAnImageError
+from medres3d.errors import CorruptFileError, NotAnImageError
 from medres3d.io import dicom_scan
 from medres3d.io.dicom import MultipleSeriesError, load_dicom_series, scan_dicom_tree
 from medres3d.synthetic import (
@@ -168,7 +168,13 @@ def test_messy_tree(tmp_path):
     assert sorted(s.uid for s in images) == sorted(s.uid for s in tree.series)
     skipped = {s.path for s in scan.skipped}
     assert set(tree.non_image) | set(tree.non_dicom) <= skipped
-    assert not any(s.uid not in {w.uid for w in tree.series} for s in images)
+    written = {w.uid: w for w in tree.series}
+    for series in images:
+        if written[series.uid].broken:
+            with pytest.raises(CorruptFileError, match="truncated"):
+                series.load()
+        else:
+            assert series.load().spatial_shape == written[series.uid].shape
 
 
 def test_process_pool_scan_equals_serial_scan(tmp_path, monkeypatch):
