@@ -44,11 +44,14 @@ class EvidenceMap:
         array: (K, X, Y, Z) float32, one map per class (probabilities averaged over covering windows).
         affine: 4x4 voxel-to-world (RAS, mm) matrix of the grid.
         class_names: names of the K maps, or None.
+        scan_shape, scan_affine: the original scan's grid, when known (see :meth:`in_scan_grid`).
     """
 
     array: np.ndarray
     affine: np.ndarray
     class_names: list[str] | None = None
+    scan_shape: tuple[int, ...] | None = None
+    scan_affine: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -83,7 +86,18 @@ class EvidenceMap:
             True
         """
         array = resample_to_grid(self.array, self.affine, shape, affine, order=order)
-        return EvidenceMap(array, np.asarray(affine, dtype=np.float64), self.class_names)
+        affine = np.asarray(affine, dtype=np.float64)
+        return EvidenceMap(array, affine, self.class_names, self.scan_shape, self.scan_affine)
+
+    def in_scan_grid(self, *, order: int = 1) -> EvidenceMap:
+        """This map resampled onto the original scan's voxel grid (same shape and affine as the scan).
+
+        Example:
+            >>> prediction.evidence.in_scan_grid().save("evidence.nii.gz", "lesion")  # doctest: +SKIP
+        """
+        if self.scan_shape is None or self.scan_affine is None:
+            raise ConfigError("this evidence map does not know its scan's grid; use resampled(shape, affine)")
+        return self.resampled(self.scan_shape, self.scan_affine, order=order)
 
     def save(self, path: str | os.PathLike[str], class_name: int | str | None = None) -> Path:
         """Write the map as NIfTI: one class as a 3D image, or all classes as 4D (X, Y, Z, K).

@@ -6,6 +6,7 @@ import itertools
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,20 +150,20 @@ _MEMORY_PROBE = textwrap.dedent(
     """
     import sys, torch
     sys.path.insert(0, {tests!r})
-    from conftest import TinyConvNet
+    from inference_helpers import TinyConvNet
     from medres3d.inference.sliding_window import sliding_window_classify
     torch.set_num_threads(1)
     net = TinyConvNet(spatial_size=(32, 32, 32))
-    volume = torch.randn(1, *{size!r})
-    sliding_window_classify(volume[:, :32, :32, :32], net, batch_size=2)  # warm the allocator
     def kib(field):
         return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")  # reset the peak resident size (VmHWM) to the current one
-    before = kib("VmRSS")
-    result = sliding_window_classify(volume, net, overlap=0.5, batch_size=2)
-    after = kib("VmHWM")
-    print(result.num_windows, (after - before) / 1024)
+    for size in [(48, 48, 48), (128, 128, 112)]:
+        volume = torch.randn(1, *size)
+        sliding_window_classify(volume[:, :32, :32, :32], net, batch_size=2)  # warm the allocator
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # reset the peak resident size (VmHWM) to the current one
+        before = kib("VmRSS")
+        result = sliding_window_classify(volume, net, overlap=0.5, batch_size=2)
+        print(result.num_windows, (kib("VmHWM") - before) / 1024)
     """
 )
 
@@ -170,16 +171,13 @@ _MEMORY_PROBE = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak resident size from /proc")
 def test_peak_memory_does_not_grow_with_the_number_of_windows():
-    tests = str(__import__("pathlib").Path(__file__).parent)
-    growth = {}
-    for size in ((48, 48, 48), (128, 128, 112)):
-        code = _MEMORY_PROBE.format(tests=tests, size=size)
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        windows, megabytes = out.stdout.split()
-        growth[int(windows)] = float(megabytes)
-    (few, small), (many, large) = sorted(growth.items())
+    code = _MEMORY_PROBE.format(tests=str(Path(__file__).parent))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    (few, small), (many, large) = [
+        (int(w), float(m)) for w, m in (line.split() for line in out.stdout.splitlines())
+    ]
     assert (few, many) == (8, 7 * 7 * 6)
     # 294 windows of 32^3 float32 would be 37 MiB if materialised at once (measured: +37 MiB);
     # cut batch by batch, the peak (buffers, activations) is the same for 8 or 294 windows
-    assert large - small < 8.0, growth
-    assert large < 30.0, growth
+    assert large - small < 8.0, (small, large)
+    assert large < 30.0, (small, large)

@@ -1,0 +1,403 @@
+"""The Classifier: a model file's network and preprocessing, ready to classify scans.
+
+``Classifier.load`` reads a model file (refusing one whose input normalization was never fitted),
+``predict`` loads a scan (path, :class:`~medres3d.io.volume.Volume` or array), applies the model
+file's own preprocessing, classifies it window by window and returns a :class:`Prediction`.
+``predict_many`` streams predictions for many scans while worker processes load and preprocess
+the next ones; a scan that fails becomes a Prediction with ``status == "error"``.
+
+Example:
+    >>> clf = Classifier.load("model.safetensors", device="auto")       # doctest: +SKIP
+    >>> p = clf.predict("scan.nii.gz")                                   # doctest: +SKIP
+    >>> p.label, p.probabilities                                         # doctest: +SKIP
+    ('lesion', {'normal': 0.08, 'lesion': 0.92})
+    >>> for p in clf.predict_many(paths, workers=4): print(p.source, p.status)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from medres3d.errors import ConfigError, MedRes3DError
+from medres3d.inference.evidence import EvidenceMap, evidence_map
+from medres3d.inference.sliding_window import AGGREGATIONS, sliding_window_classify
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from medres3d.io.volume import Volume
+    from medres3d.transforms import PreprocessingSpec
+
+
+@dataclass
+class Prediction:
+    """The result of classifying one scan.
+
+    Attributes:
+        label: the most probable class name (None when ``status == "error"``).
+        probabilities: class name -> probability, in the model's class order.
+        num_windows: number of windows the network saw.
+        seconds: wall time for this scan (loading, preprocessing, inference).
+        evidence: the overlap-averaged window probabilities in world space (None on error or when
+            evidence was switched off); ``evidence.in_scan_grid()`` puts it on the scan's grid.
+        warnings: anything suspicious met on the way (loader warnings, fallbacks).
+        source: the scan's path, or None for an in-memory scan.
+        status: ``"ok"`` or ``"error"``.
+        error: on error, the reason (the exception's message, naming the file).
+    """
+
+    label: str | None
+    probabilities: dict[str, float]
+    num_windows: int
+    seconds: float
+    evidence: EvidenceMap | None = None
+    warnings: list[str] = field(default_factory=list)
+    source: str | None = None
+    status: str = "ok"
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the scan was classified."""
+        return self.status == "ok"
+
+
+@dataclass
+class PreparedScan:
+    """A scan loaded and preprocessed, ready for the network (what loader workers hand over)."""
+
+    tensor: torch.Tensor
+    affine: np.ndarray
+    scan_shape: tuple[int, ...]
+    scan_affine: np.ndarray
+    warnings: list[str]
+    source: str | None
+    seconds: float
+
+
+@dataclass
+class FailedScan:
+    """A scan that could not be prepared; carried through the loader as a value, not raised."""
+
+    source: str | None
+    error: str
+    seconds: float
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> the first CUDA device if there is one, else the CPU; validates ``"cuda:k"``.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:K', got {device!r}") from err
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+    elif resolved.type != "cpu":
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:K', got {device!r}")
+    return resolved
+
+
+def _as_volume(scan: Any) -> Volume:
+    from medres3d.io.readers import load_volume
+    from medres3d.io.volume import Volume
+
+    if isinstance(scan, Volume):
+        return scan
+    if isinstance(scan, (str, os.PathLike)):
+        return load_volume(scan)
+    if isinstance(scan, torch.Tensor):
+        scan = scan.detach().cpu().numpy()
+    if isinstance(scan, np.ndarray):
+        array = scan[None] if scan.ndim == 3 else scan
+        volume = Volume(np.asarray(array, dtype=np.float32), np.eye(4))
+        volume.meta["warnings"].append("array input: assumed 1 mm voxels in RAS order (identity affine)")
+        return volume
+    raise ConfigError(
+        f"a scan must be a path, a Volume, a numpy array or a torch tensor, got {type(scan).__name__}"
+    )
+
+
+def prepare_scan(scan: Any, preprocessing: PreprocessingSpec | None) -> PreparedScan:
+    """Load ``scan`` and apply ``preprocessing`` (the model file's spec), timing both.
+
+    Without a spec the scan's voxels are used as they are (with a warning).
+
+    Example:
+        >>> prepared = prepare_scan("scan.nii.gz", model_file.preprocessing)  # doctest: +SKIP
+        >>> prepared.tensor.shape                                             # doctest: +SKIP
+        torch.Size([1, 128, 128, 64])
+    """
+    start = time.perf_counter()
+    volume = _as_volume(scan)
+    warnings = list(volume.warnings)
+    if preprocessing is None:
+        tensor = torch.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32))
+        affine = volume.affine
+        warnings.append("the model file has no preprocessing spec: the scan's voxels were used as they are")
+    else:
+        from medres3d.transforms import preprocess
+
+        prepared = preprocess(volume, preprocessing)
+        affine = np.asarray(prepared.affine, dtype=np.float64)
+        tensor = prepared.as_tensor().float()
+    source = volume.source if volume.source is not None else (os.fspath(scan) if _is_path(scan) else None)
+    return PreparedScan(
+        tensor=tensor.contiguous(),
+        affine=affine,
+        scan_shape=tuple(volume.array.shape[1:]),
+        scan_affine=volume.affine,
+        warnings=warnings,
+        source=source,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _is_path(scan: Any) -> bool:
+    return isinstance(scan, (str, os.PathLike))
+
+
+def _describe(err: Exception) -> str:
+    # project errors already name the file and the reason; others get their type for context
+    return str(err) if isinstance(err, MedRes3DError) else f"{type(err).__name__}: {err}"
+
+
+class _PrepareDataset(torch.utils.data.Dataset):
+    """Scans prepared in DataLoader workers; failures are returned as values so the loader goes on."""
+
+    def __init__(self, scans: Sequence[Any], preprocessing: PreprocessingSpec | None) -> None:
+        self.scans = list(scans)
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.scans)
+
+    def __getitem__(self, index: int) -> PreparedScan | FailedScan:
+        scan = self.scans[index]
+        start = time.perf_counter()
+        try:
+            return prepare_scan(scan, self.preprocessing)
+        except Exception as err:  # a per-scan failure must not stop a batch of thousands
+            source = os.fspath(scan) if _is_path(scan) else None
+            return FailedScan(source, _describe(err), time.perf_counter() - start)
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+class Classifier:
+    """A network, its class names and its preprocessing, on one device.
+
+    Args:
+        net: the network (a :class:`~medres3d.models.resnet3d.ResNet3D`).
+        class_names: one name per output.
+        preprocessing: the spec inputs are prepared with (None: voxels used as they are).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:K"``.
+        overlap, batch_size, aggregate, weight_by_foreground, amp, channels_last: passed to
+            :func:`~medres3d.inference.sliding_window.sliding_window_classify`.
+        evidence: compute an evidence map for every prediction.
+        evidence_cell_size: evidence grid cell width in voxels (default: the window step).
+
+    Raises:
+        NormalizationNotFittedError: the network's input normalization was never fitted.
+
+    Example:
+        >>> clf = Classifier(net, ["normal", "lesion"], PreprocessingSpec.preset("ct"))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        class_names: Sequence[str],
+        preprocessing: PreprocessingSpec | None = None,
+        *,
+        device: str | torch.device = "auto",
+        overlap: float = 0.5,
+        batch_size: int = 8,
+        aggregate: str = "mean",
+        weight_by_foreground: bool = False,
+        amp: bool | str | None = None,
+        channels_last: bool = False,
+        evidence: bool = True,
+        evidence_cell_size: int | None = None,
+        source: str | None = None,
+    ) -> None:
+        from medres3d.modelfile import require_fitted_normalization
+
+        require_fitted_normalization(net, source)
+        num_classes = getattr(net, "num_classes", None)
+        if num_classes is not None and len(class_names) != num_classes:
+            raise ConfigError(
+                f"{len(class_names)} class names given for a network with {num_classes} outputs"
+            )
+        if aggregate not in AGGREGATIONS:
+            raise ConfigError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+        self.device = resolve_device(device)
+        self.net = net.to(self.device).eval()
+        self.class_names = list(class_names)
+        self.preprocessing = preprocessing
+        self.options = {
+            "overlap": overlap,
+            "batch_size": batch_size,
+            "aggregate": aggregate,
+            "weight_by_foreground": weight_by_foreground,
+            "amp": amp,
+            "channels_last": channels_last,
+        }
+        self.evidence = evidence
+        self.evidence_cell_size = evidence_cell_size
+        self.source = source
+
+    @classmethod
+    def load(
+        cls, model_file: str | os.PathLike[str], device: str | torch.device = "auto", **options: Any
+    ) -> Classifier:
+        """Read a model file and build a Classifier from it (options as for the constructor).
+
+        Raises:
+            ModelFileError: the file is not a valid medres3d model.
+            NormalizationNotFittedError: its input normalization was never fitted.
+
+        Example:
+            >>> clf = Classifier.load("model.safetensors", device="cpu", overlap=0.25)  # doctest: +SKIP
+        """
+        from medres3d.modelfile import read_model
+
+        model = read_model(model_file)
+        return cls(
+            model.net,
+            model.class_names,
+            model.preprocessing,
+            device=device,
+            source=os.fspath(model_file),
+            **options,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Classifier(classes={self.class_names}, device={self.device}, "
+            f"input={tuple(getattr(self.net, 'spatial_size', ()))}, source={self.source!r})"
+        )
+
+    @property
+    def background_value(self) -> float:
+        """Padding value after preprocessing (the spec's background), 0 without a spec."""
+        return float(getattr(self.preprocessing, "background_value", 0.0) or 0.0)
+
+    def predict(self, scan: Any) -> Prediction:
+        """Classify one scan: a path (NIfTI, DICOM folder...), a Volume, or an array/tensor.
+
+        An array is taken as (H, W, D) or (C, H, W, D) with 1 mm voxels and an identity affine.
+
+        Raises:
+            VolumeLoadError (and subclasses): the scan could not be loaded.
+
+        Example:
+            >>> clf.predict("scan.nii.gz").label   # doctest: +SKIP
+            'lesion'
+        """
+        return self.predict_prepared(prepare_scan(scan, self.preprocessing))
+
+    def predict_prepared(self, prepared: PreparedScan) -> Prediction:
+        """Classify an already prepared scan (see :func:`prepare_scan`)."""
+        start = time.perf_counter()
+        result = sliding_window_classify(
+            prepared.tensor,
+            self.net,
+            background_value=self.background_value,
+            device=self.device,
+            **self.options,
+        )
+        evidence = None
+        if self.evidence:
+            evidence = evidence_map(
+                result, prepared.affine, cell_size=self.evidence_cell_size, class_names=self.class_names
+            )
+            evidence.scan_shape = prepared.scan_shape
+            evidence.scan_affine = prepared.scan_affine
+        probabilities = {
+            name: float(p) for name, p in zip(self.class_names, result.probabilities, strict=True)
+        }
+        return Prediction(
+            label=self.class_names[result.label_index],
+            probabilities=probabilities,
+            num_windows=result.num_windows,
+            seconds=prepared.seconds + time.perf_counter() - start,
+            evidence=evidence,
+            warnings=[*prepared.warnings, *result.warnings],
+            source=prepared.source,
+        )
+
+    def predict_many(
+        self, scans: Iterable[Any], *, workers: int = 0, prefetch: int = 2
+    ) -> Iterator[Prediction]:
+        """Classify many scans, yielding one Prediction per scan in input order.
+
+        With ``workers > 0``, that many processes load and preprocess upcoming scans (up to
+        ``prefetch`` each in advance) while this process runs the network. A scan that fails to
+        load or classify yields a Prediction with ``status="error"`` and the reason in ``error``.
+
+        Example:
+            >>> for p in clf.predict_many(["a.nii.gz", "b/"], workers=2):   # doctest: +SKIP
+            ...     print(p.source, p.status, p.label or p.error)
+        """
+        if not isinstance(workers, int) or workers < 0:
+            raise ConfigError(f"workers must be an integer >= 0, got {workers!r}")
+        if not isinstance(prefetch, int) or prefetch < 1:
+            raise ConfigError(f"prefetch must be an integer >= 1, got {prefetch!r}")
+        dataset = _PrepareDataset(list(scans), self.preprocessing)
+        if workers == 0:
+            items: Iterable[PreparedScan | FailedScan] = (dataset[i] for i in range(len(dataset)))
+        else:
+            items = torch.utils.data.DataLoader(
+                dataset,
+                batch_size=None,
+                num_workers=workers,
+                prefetch_factor=prefetch,
+                collate_fn=_identity,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=False,
+            )
+        for item in items:
+            yield self._predict_item(item)
+
+    def _predict_item(self, item: PreparedScan | FailedScan) -> Prediction:
+        if isinstance(item, FailedScan):
+            return _failure(item.source, item.error, item.seconds)
+        try:
+            return self.predict_prepared(item)
+        except Exception as err:  # one scan's failure becomes its result; the stream goes on
+            return _failure(item.source, _describe(err), item.seconds)
+
+
+def _failure(source: str | None, error: str, seconds: float) -> Prediction:
+    return Prediction(
+        label=None,
+        probabilities={},
+        num_windows=0,
+        seconds=seconds,
+        source=source,
+        status="error",
+        error=error,
+    )

@@ -1,0 +1,92 @@
+"""Classifier: loading model files, predict on paths/volumes/arrays, predict_many with workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from inference_helpers import CLASS_NAMES, make_model_file
+
+from medres3d.errors import ConfigError, NormalizationNotFittedError
+from medres3d.inference.classifier import Classifier, resolve_device
+from medres3d.inference.sliding_window import sliding_window_classify
+from medres3d.io.readers import load_volume
+from medres3d.modelfile import read_model
+from medres3d.synthetic import ct_phantom, make_affine, write_nifti
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scans")
+    affine = make_affine((0.9, 0.8, 2.0), "axial", flip=(True, False, False), origin=(30.0, -20.0, 5.0))
+    paths = []
+    for seed, shape in enumerate([(24, 20, 16), (16, 16, 16), (30, 12, 10)]):
+        paths.append(
+            write_nifti(ct_phantom(shape, lesion=seed == 0, seed=seed), affine, folder / f"s{seed}.nii.gz")
+        )
+    return paths
+
+
+def test_load_refuses_unfitted_normalization(tmp_path):
+    path = make_model_file(tmp_path / "unfitted.safetensors", fitted=False)
+    with pytest.raises(NormalizationNotFittedError, match=r"unfitted\.safetensors"):
+        Classifier.load(path, device="cpu")
+
+
+def test_predict_path_equals_sliding_window_on_the_volume(model_file, scans):
+    clf = Classifier.load(model_file, device="cpu", overlap=0.5, evidence_cell_size=1)
+    prediction = clf.predict(scans[0])
+    # reference: the same network and voxels through sliding_window_classify directly
+    volume = load_volume(scans[0])
+    reference = sliding_window_classify(
+        torch.from_numpy(volume.array), read_model(model_file).net, overlap=0.5
+    )
+    assert prediction.ok and prediction.source == str(scans[0])
+    assert list(prediction.probabilities) == CLASS_NAMES
+    np.testing.assert_allclose(
+        list(prediction.probabilities.values()), reference.probabilities.numpy(), rtol=1e-6
+    )
+    assert prediction.label == CLASS_NAMES[reference.label_index]
+    assert prediction.num_windows == reference.num_windows == 2 * 2 * 1
+    assert any("no preprocessing spec" in w for w in prediction.warnings)
+    # without preprocessing, the full-resolution evidence map lies on the scan's own grid
+    np.testing.assert_allclose(prediction.evidence.affine, volume.affine)
+    assert prediction.evidence.shape == volume.spatial_shape
+    in_scan = prediction.evidence.in_scan_grid()
+    np.testing.assert_allclose(in_scan.array, prediction.evidence.array, atol=1e-6)
+
+
+def test_predict_volume_and_array_agree(model_file, scans):
+    clf = Classifier.load(model_file, device="cpu")
+    volume = load_volume(scans[1])
+    from_volume = clf.predict(volume)
+    from_array = clf.predict(volume.array[0])
+    assert from_volume.probabilities == pytest.approx(from_array.probabilities, abs=1e-7)
+    assert from_volume.num_windows == 1
+    assert any("identity affine" in w for w in from_array.warnings)
+    assert from_array.source is None
+
+
+def test_predict_many_streams_results_in_order_and_reports_errors(model_file, scans, tmp_path):
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"\x1f\x8b not really gzip")
+    clf = Classifier.load(model_file, device="cpu")
+    inputs = [scans[0], corrupt, scans[2], tmp_path / "missing.nii.gz"]
+    singles = {str(p): clf.predict(p) for p in (scans[0], scans[2])}
+    for workers in (0, 2):
+        results = list(clf.predict_many(inputs, workers=workers))
+        assert [r.status for r in results] == ["ok", "error", "ok", "error"]
+        assert [r.source for r in results] == [str(p) for p in inputs]
+        assert "corrupt.nii.gz" in results[1].error and results[1].label is None
+        for r in (results[0], results[2]):
+            assert r.probabilities == pytest.approx(singles[r.source].probabilities, abs=1e-7)
+
+
+def test_device_validation():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda:0")
