@@ -99,6 +99,8 @@ def load_nifti(
     try:
         if out_dtype is None:
             data = np.asanyarray(img.dataobj)
+            if not data.dtype.isnative:  # big-endian files: torch and most code need native order
+                data = data.astype(data.dtype.newbyteorder("="))
         else:
             data = np.asanyarray(img.dataobj, dtype=out_dtype).astype(out_dtype, copy=False)
     except MemoryError as err:

@@ -83,6 +83,18 @@ def test_native_dtype_is_kept_without_scaling(tmp_path):
     assert vol.meta["rescale"] is None
 
 
+@pytest.mark.parametrize("dtype", ["float32", "native"])
+def test_big_endian_files_come_back_in_native_byte_order(tmp_path, dtype):
+    array = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    img = nib.Nifti1Image(array, np.eye(4), header=nib.Nifti1Header(endianness=">"))
+    img.set_data_dtype(np.int16)
+    nib.save(img, tmp_path / "be.nii.gz")
+    assert nib.load(tmp_path / "be.nii.gz").header.endianness == ">"
+    vol = load_nifti(tmp_path / "be.nii.gz", dtype=dtype)
+    assert vol.array.dtype.isnative and vol.array.dtype == (np.int16 if dtype == "native" else np.float32)
+    np.testing.assert_array_equal(vol.array[0], array)
+
+
 def test_4d_becomes_channels_first(tmp_path):
     array = np.random.default_rng(2).normal(size=(4, 5, 6, 3)).astype(np.float32)
     vol = load_nifti(_save(tmp_path, array, _affine("oblique")))
