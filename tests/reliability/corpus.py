@@ -106,10 +106,10 @@ def gzip_bomb_nifti(path: Path, total_bytes: int) -> Path:
     return write_bytes(path, gzip.compress(image, mtime=0) + member * count)
 
 
-def huge_claim_gzip_bomb(path: Path, shape: Sequence[int]) -> Path:
-    """A ``.nii.gz`` whose header claims ``shape`` and whose stream is 1 GiB of zeros."""
+def huge_claim_gzip_bomb(path: Path, shape: Sequence[int], zero_members: int = 16) -> Path:
+    """A ``.nii.gz`` whose header claims ``shape``, followed by ``zero_members`` x 64 MiB of zeros."""
     head = raw_nifti_header(shape)
-    return write_bytes(path, gzip.compress(head, mtime=0) + zero_gzip_member() * 16)
+    return write_bytes(path, gzip.compress(head, mtime=0) + zero_gzip_member() * zero_members)
 
 
 def corrupt_gzip(path: Path) -> Path:
