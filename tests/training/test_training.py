@@ -1,0 +1,154 @@
+"""End-to-end training on synthetic phantoms: learning, reloading, statistics, resume, bad data."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medres3d.config import load_config
+from medres3d.errors import ManifestError
+from medres3d.io.readers import load_volume
+from medres3d.modelfile import read_model, require_fitted_normalization
+from medres3d.training import Trainer, weights_sha256
+from medres3d.transforms import preprocess
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _rows(manifest, split):
+    with open(manifest, newline="") as handle:
+        return [r for r in csv.DictReader(handle) if r["split"] == split]
+
+
+@pytest.mark.slow
+def test_learns_lesions_from_nifti_and_dicom_and_reloads_identically(lesion_dataset, tmp_path, make_config):
+    cfg = make_config(lesion_dataset, tmp_path / "run", epochs=8)
+    result = Trainer(cfg, progress=False).fit()
+
+    assert result.completed and result.epochs_run == 8
+    assert result.final_metrics["val_accuracy"] >= 0.8  # chance is 0.5 (6 + 6 validation scans)
+    run = tmp_path / "run"
+    for name in ("training_curves.png", "confusion_matrix.png"):
+        assert (run / name).read_bytes()[:8] == PNG_MAGIC
+    with open(run / "metrics.csv", newline="") as handle:
+        logged = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in logged] == list(range(1, 9))
+    assert float(logged[-1]["val_loss"]) == pytest.approx(result.history[-1]["val_loss"])
+    resolved = load_config(run / "config.yaml")
+    assert resolved.data.class_names == ["lesion", "normal"] == result.class_names
+    assert resolved.model.stack_depth == [1, 1] and resolved.model.input_size == [20, 20, 16, 1]
+
+    # The file alone reproduces the validation predictions through the public io path.
+    model = read_model(result.model_path)
+    require_fitted_normalization(model.net, result.model_path)
+    assert model.training["data_sha256"] and model.training["num_val"] == 12
+    assert model.training["weights_sha256"] == weights_sha256(model.net) == result.weights_sha256
+    probabilities, labels = [], []
+    for row in _rows(lesion_dataset, "val"):
+        x = preprocess(load_volume(lesion_dataset.parent / row["path"]), model.preprocessing)
+        with torch.no_grad():
+            probabilities.append(torch.softmax(model.net(x.as_tensor()[None]), 1)[0].numpy())
+        labels.append(model.class_names.index(row["label"]))
+    probabilities = np.array(probabilities)
+    accuracy = float((probabilities.argmax(1) == np.array(labels)).mean())
+    loss = float(-np.log(probabilities[np.arange(len(labels)), labels]).mean())
+    assert accuracy == result.final_metrics["val_accuracy"]
+    assert loss == pytest.approx(result.final_metrics["val_loss"], rel=1e-5)
+
+
+def _padded(image: np.ndarray, size, value: float) -> np.ndarray:
+    """Symmetric constant padding to at least ``size`` (MONAI: diff // 2 before, the rest after)."""
+    widths = [(0, 0)] + [((max(s - n, 0)) // 2, max(s - n, 0) - (max(s - n, 0)) // 2)
+                         for n, s in zip(image.shape[1:], size, strict=True)]
+    return np.pad(image, widths, constant_values=value)
+
+
+def test_normalization_statistics_match_numpy(small_dataset, tmp_path, make_config):
+    cfg = make_config(small_dataset, tmp_path / "run", epochs=1, patches=True)
+    result = Trainer(cfg, progress=False).fit()
+    model = read_model(result.model_path)
+    spec = model.preprocessing
+    volumes = [_padded(preprocess(load_volume(small_dataset.parent / r["path"]), spec).numpy(),
+                       (20, 20, 16), spec.background_value) for r in _rows(small_dataset, "train")]
+    assert any(v.shape[1:] != (20, 20, 16) for v in volumes)  # padding and larger volumes both occur
+    voxels = np.concatenate([v.reshape(-1) for v in volumes]).astype(np.float64)
+    stats = model.net.input
+    for name, reference in (("mean", voxels.mean()), ("std", voxels.std()), ("min", voxels.min()),
+                            ("max", voxels.max())):
+        value = getattr(stats, name).item()
+        assert abs(value - reference) <= np.spacing(np.float32(reference)), name  # float32 rounding
+
+
+def test_resume_continues_exactly(small_dataset, tmp_path, make_config):
+    augment = {"flip": {"prob": 0.5}, "noise": {"prob": 0.5, "std": 0.05}}
+    options = dict(epochs=2, patches=True, augmentation=augment, optimizer="sgd", schedule="step",
+                   step_size=1)
+    straight = Trainer(make_config(small_dataset, tmp_path / "a", **options), progress=False).fit()
+
+    first = Trainer(make_config(small_dataset, tmp_path / "b", **options), progress=False).fit(until_epoch=1)
+    assert not first.completed and first.model_path is None
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    resumed = Trainer(make_config(small_dataset, tmp_path / "b", **options), resume=True,
+                      progress=False).fit()
+
+    a, b = load_file(straight.model_path), load_file(resumed.model_path)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(straight.history) == drop(resumed.history)
+
+
+def test_population_batchnorm_statistics(small_dataset, tmp_path, make_config):
+    cfg = make_config(small_dataset, tmp_path / "run", epochs=1, batch_size=3, population_bn_stats=True,
+                      data={"val_fraction": 0.0})
+    # without a split column every row trains: take the manifest's rows in order, as the pass does
+    manifest = tmp_path / "all.csv"
+    manifest.write_text("path,label\n" + "".join(f"{small_dataset.parent / r['path']},{r['label']}\n"
+                                                 for r in _rows(small_dataset, "train")))
+    cfg.data.manifest = manifest
+    model = read_model(Trainer(cfg, progress=False).fit().model_path)
+    net, spec = model.net, model.preprocessing
+    images = torch.stack([preprocess(load_volume(small_dataset.parent / r["path"]), spec).as_tensor()
+                          for r in _rows(small_dataset, "train")])
+    means, variances = [], []
+    with torch.no_grad():
+        for batch in images.split(3):
+            out = net.conv1(net.input(batch)).double()
+            means.append(out.mean(dim=(0, 2, 3, 4)))
+            variances.append(out.var(dim=(0, 2, 3, 4), unbiased=True))
+    # momentum=None: the running statistics are the plain averages over the batches of the pass
+    close = dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(net.bn1.running_mean.double(), torch.stack(means).mean(0), **close)
+    torch.testing.assert_close(net.bn1.running_var.double(), torch.stack(variances).mean(0), **close)
+    assert int(net.bn1.num_batches_tracked) == 2
+
+
+def test_bad_rows_are_reported_together_before_training(small_dataset, tmp_path, make_config):
+    root = small_dataset.parent
+    (root / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    (root / "not_dicom").mkdir(exist_ok=True)
+    (root / "not_dicom" / "notes.txt").write_text("no images here")
+    good = _rows(small_dataset, "train")
+    lines = ["path,label,split"] + [f"{r['path']},{r['label']},train" for r in good[:3]]
+    lines += ["broken.nii.gz,lesion,train", f"{good[3]['path']},{good[3]['label']},val",
+              "not_dicom,normal,val"]
+    manifest = root / "bad.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    with pytest.raises(ManifestError) as info:
+        Trainer(make_config(manifest, run), progress=False).fit()
+    message = str(info.value)
+    assert message.startswith(str(manifest)) and "2 problem(s)" in message
+    assert "row 5: " in message and "broken.nii.gz" in message and "row 7: " in message
+    assert not (run / "metrics.csv").exists() and not (run / "checkpoint.pt").exists()
+
+    manifest.write_text("\n".join([*lines[:3], "missing.nii.gz,lesion,train", "x.nii.gz,tumour,val"]) + "\n")
+    with pytest.raises(ManifestError, match=r"row 5: label 'tumour' is not in the class list"):
+        Trainer(make_config(manifest, run, data={"class_names": ["lesion", "normal"]}), progress=False).fit()
+    with pytest.raises(ManifestError, match=r"2 problem\(s\): row 4: 'missing.nii.gz' does not exist"):
+        Trainer(make_config(manifest, run), progress=False).fit()
