@@ -6,7 +6,8 @@ hostile or damaged file is refused before its voxels are read. Geometry is nibab
 ``qform_code > 0``, else the pixdim-only fallback (recorded as a warning). ``scl_slope`` /
 ``scl_inter`` are applied as nibabel applies them. A 4D file's fourth axis becomes the channels;
 5D+ files are accepted only when at most one non-spatial axis is longer than 1 (e.g. a
-``(X, Y, Z, 1, 3)`` vector field gives 3 channels).
+``(X, Y, Z, 1, 3)`` vector field gives 3 channels). For ``.nii.gz`` the gzip CRC is verified,
+which nibabel alone does not do.
 
 Example:
     >>> from medres3d.io.nifti import load_nifti
@@ -17,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-import io
+import gzip
 import math
 import os
 import zlib
@@ -91,18 +92,12 @@ def load_nifti(
     _check_data_dtype(img.header.get_data_dtype(), path)
     affine, affine_source = _checked_affine(img, path)
     warnings: list[str] = []
-    if path.name.lower().endswith(".gz"):
-        img = _decompressed_image(img, path, warnings)
-    else:
-        _check_uncompressed_size(img, path)
-
     try:
-        if out_dtype is None:
-            data = np.asanyarray(img.dataobj)
-            if not data.dtype.isnative:  # big-endian files: torch and most code need native order
-                data = data.astype(data.dtype.newbyteorder("="))
+        if path.name.lower().endswith(".gz"):
+            data = _read_gzip_verified(img, path, out_dtype, warnings)
         else:
-            data = np.asanyarray(img.dataobj, dtype=out_dtype).astype(out_dtype, copy=False)
+            _check_uncompressed_size(img, path)
+            data = _read_voxels(img, out_dtype)
     except MemoryError as err:
         raise ResourceLimitError(path, f"not enough memory for {shape} voxels") from err
     except _READ_ERRORS as err:
@@ -187,56 +182,34 @@ def _checked_affine(img, path: Path) -> tuple[np.ndarray, str]:
     return affine, source
 
 
-def _decompressed_image(img, path: Path, warnings: list[str]):
-    """Decompress a ``.nii.gz`` in one bounded pass and return the image over the bytes.
+def _read_voxels(img, out_dtype: np.dtype | None) -> np.ndarray:
+    """The voxels with nibabel's scaling, in ``out_dtype`` (None: nibabel's own choice, native order)."""
+    if out_dtype is not None:
+        return np.asanyarray(img.dataobj, dtype=out_dtype).astype(out_dtype, copy=False)
+    data = np.asanyarray(img.dataobj)
+    if not data.dtype.isnative:  # big-endian files: torch and most code need native byte order
+        data = data.astype(data.dtype.newbyteorder("="))
+    return data
 
-    nibabel reads only the bytes the header needs and so never reaches the gzip trailer: a
-    file damaged inside the deflate stream can decode to wrong voxels without any error. Reading
-    to the end of the stream lets zlib verify the CRC; the output is capped at the image size
-    plus ``_GZIP_TAIL_BYTES`` so a gzip bomb (a small image followed by gigabytes of padding)
-    costs nothing.
+
+def _read_gzip_verified(img, path: Path, out_dtype: np.dtype | None, warnings: list[str]) -> np.ndarray:
+    """Read a ``.nii.gz``'s voxels through nibabel, then check the gzip CRC.
+
+    nibabel reads only the bytes the header needs and so never reaches the gzip trailer: a file
+    damaged inside the deflate stream can decode to wrong voxels without any error. Reading on to
+    the end of the stream makes Python's gzip verify the CRC (and the length); at most
+    ``_GZIP_TAIL_BYTES`` more are read, so a gzip bomb (a small image followed by gigabytes of
+    padding) costs nothing and is reported as unverified instead.
     """
-    header = img.header
-    needed = int(header.get_data_offset()) + math.prod(img.shape) * header.get_data_dtype().itemsize
-    limit = needed + _GZIP_TAIL_BYTES
-    try:
-        parts, complete = _gunzip(path.read_bytes(), limit)
-    except zlib.error as err:
-        raise CorruptFileError(path, f"damaged gzip stream (bad data or CRC): {err}") from err
-    except MemoryError as err:
-        raise ResourceLimitError(path, f"not enough memory to decompress {needed} bytes") from err
-    raw = parts[0] if len(parts) == 1 else b"".join(parts)
-    if len(raw) < needed:
-        reason = f"truncated: the header needs {needed} bytes decompressed, the gzip stream holds {len(raw)}"
-        raise CorruptFileError(path, reason)
-    if not complete:
-        if len(raw) < limit:
-            raise CorruptFileError(path, "truncated: the gzip stream ends without its end marker and CRC")
+    with gzip.open(path, "rb") as stream:
+        data = _read_voxels(type(img).from_stream(stream), out_dtype)
+        tail = len(stream.read(_GZIP_TAIL_BYTES + 1))
+    if tail > _GZIP_TAIL_BYTES:
         warnings.append(
             f"more than {_GZIP_TAIL_BYTES} bytes follow the image in the gzip stream; they were not "
             "decompressed, so the gzip CRC was not verified"
         )
-    return type(img).from_stream(io.BytesIO(raw))
-
-
-def _gunzip(compressed: bytes, limit: int) -> tuple[list[bytes], bool]:
-    """Decompress gzip members (bgzip writes many) up to ``limit`` bytes; zlib checks each CRC.
-
-    Returns the decompressed parts and whether the stream ended cleanly (every member complete).
-    """
-    parts: list[bytes] = []
-    total = 0
-    while True:
-        member = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        part = member.decompress(compressed, limit - total)
-        parts.append(part)
-        total += len(part)
-        if not member.eof:
-            return parts, False
-        compressed = member.unused_data
-        # zero padding after the last member is tolerated, as gzip(1) does
-        if total >= limit or not compressed.strip(b"\0"):
-            return parts, True
+    return data
 
 
 def _check_uncompressed_size(img, path: Path) -> None:
