@@ -304,12 +304,24 @@ def _parse_metadata(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build_network(path: Path, config: Any) -> ResNet3D:
+    import torch
+
     from medres3d.models.resnet3d import ResNet3D, ResNet3DConfig
 
     try:
-        return ResNet3D(ResNet3DConfig.from_dict(config))
+        parsed = ResNet3DConfig.from_dict(config)
+        # Sized on the meta device first (no memory): a tampered config must not make us allocate
+        # a network far larger than the tensors the file can hold.
+        with torch.device("meta"):
+            needed = sum(t.numel() * t.element_size() for t in ResNet3D(parsed).state_dict().values())
     except (ConfigError, TypeError) as err:
         raise ModelFileError(path, f"metadata 'config' is not a valid ResNet3D config: {err}") from err
+    size = path.stat().st_size
+    if needed > size:
+        raise ModelFileError(
+            path, f"metadata 'config' describes a network of {needed} bytes of tensors, but the file has "
+                  f"only {size} bytes (tampered config?)")
+    return ResNet3D(parsed)
 
 
 def _check_names_in_file(path: Path, names: Any, num_classes: int) -> list[str]:
