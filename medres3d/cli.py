@@ -148,6 +148,136 @@ def summary(
         raise typer.Exit(2) from err
 
 
+# --- inference: predict, batch, explain (owned by the inference part) ---------------------------
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="model file (.safetensors)")],
+    scans: Annotated[list[Path], typer.Argument(help="NIfTI files, DICOM series folders, ITK images")],
+    json_lines: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K")] = "auto",
+    overlap: Annotated[float, typer.Option(help="sliding-window overlap in [0, 1)")] = 0.5,
+    aggregate: Annotated[str, typer.Option(help="mean | max | logit-mean")] = "mean",
+    workers: Annotated[int, typer.Option(help="loader processes (0: load in this process)")] = 0,
+) -> None:
+    """Classify scans and print a table (or JSON lines); exit code 1 if no scan could be classified.
+
+    Example: medres3d predict model.safetensors scan1.nii.gz dicom/series2/ --json
+    """
+    import json
+
+    from medres3d.errors import MedRes3DError
+    from medres3d.inference.classifier import Classifier
+
+    try:
+        clf = Classifier.load(model, device=device, overlap=overlap, aggregate=aggregate, evidence=False)
+        predictions = list(clf.predict_many(scans, workers=workers))
+    except MedRes3DError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    if json_lines:
+        for scan, p in zip(scans, predictions, strict=True):
+            record = {"scan": str(scan), "status": p.status, "error": p.error, "label": p.label,
+                      "probabilities": p.probabilities, "num_windows": p.num_windows,
+                      "seconds": round(p.seconds, 3), "warnings": p.warnings}
+            typer.echo(json.dumps(record))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"medres3d predict ({model.name}, {clf.device})")
+        for column in ("scan", "label", *clf.class_names, "windows", "seconds"):
+            table.add_column(column, justify="left" if column in ("scan", "label") else "right")
+        for scan, p in zip(scans, predictions, strict=True):
+            if p.ok:
+                probabilities = [f"{p.probabilities[name]:.3f}" for name in clf.class_names]
+                table.add_row(str(scan), p.label, *probabilities, str(p.num_windows), f"{p.seconds:.2f}")
+            else:
+                blanks = [""] * (len(clf.class_names) + 1)
+                table.add_row(str(scan), "[red]error[/red]", *blanks, f"{p.seconds:.2f}")
+        console = Console()
+        console.print(table)
+        for scan, p in zip(scans, predictions, strict=True):
+            if not p.ok:
+                console.print(f"[red]error[/red] {scan}: {p.error}", markup=True, highlight=False)
+            for warning in p.warnings:
+                console.print(f"[yellow]warning[/yellow] {scan}: {warning}", highlight=False)
+    if not any(p.ok for p in predictions):
+        raise typer.Exit(1)
+
+
+@app.command()
+def batch(
+    model: Annotated[Path, typer.Argument(help="model file (.safetensors)")],
+    root: Annotated[Path, typer.Argument(help="folder searched for DICOM series and NIfTI files")],
+    out: Annotated[Path, typer.Option("--out", help="results file (docs/batch_output.md)")],
+    fmt: Annotated[str | None, typer.Option("--format", help="csv | jsonl (default: by name)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="keep --out's rows, do the rest")] = False,
+    workers: Annotated[int, typer.Option(help="loader processes overlapping the network")] = 2,
+    modality: Annotated[str | None, typer.Option(help="DICOM series of this modality only, e.g. CT")] = None,
+    series_description: Annotated[str | None, typer.Option(
+        help="DICOM series whose description matches this regex (case-insensitive)")] = None,
+    min_slices: Annotated[int | None, typer.Option(help="scans with at least this many slices")] = None,
+    include_localizers: Annotated[bool, typer.Option(
+        "--include-localizers", help="also classify localizer/scout series")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K")] = "auto",
+    fsync: Annotated[bool, typer.Option("--fsync", help="fsync every row (power-loss safety)")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
+) -> None:
+    """Classify every image series and NIfTI file under ROOT, one row each, written as it is done.
+
+    Exit code 0 when at least one scan is classified (error rows do not fail the batch), 1 when
+    nothing could be, 2 on a usage, model or output error. Under torchrun every rank takes its
+    share and rank 0 merges the parts into --out.
+
+    Example: medres3d batch model.safetensors /data/incoming --out results.csv --modality CT --resume
+    """
+    from medres3d.errors import MedRes3DError
+    from medres3d.inference.batch import run_batch
+
+    try:
+        summary = run_batch(
+            model, root, out, fmt=fmt, resume=resume, workers=workers, device=device, modality=modality,
+            series_description=series_description, min_slices=min_slices,
+            include_localizers=include_localizers, fsync=fsync, progress=not no_progress,
+        )
+    except MedRes3DError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    if summary.rank == 0:
+        typer.echo(
+            f"{summary.total} scan(s) selected ({summary.excluded} excluded by the options, "
+            f"{summary.skipped_files} non-image or unreadable file(s) skipped); this run: {summary.ok} ok, "
+            f"{summary.errors} error(s), {summary.done_before} already done; results: {summary.out}",
+            err=True,
+        )
+    raise typer.Exit(summary.exit_code)
+
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", help="output folder (new, empty, or an earlier demo's)")
+    ] = Path("medres3d-demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="tiny sizes: under a minute on 2 CPU cores")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the data and the training")] = 0,
+) -> None:
+    """Make phantom CT data, train a small ResNet3D, evaluate it, explain it, run a batch; print a report.
+
+    Example: medres3d demo --out demo-out --quick
+    """
+    from medres3d.demo import run_demo
+    from medres3d.errors import MedRes3DError
+
+    try:
+        report = run_demo(out, quick=quick, seed=seed, log=lambda line: typer.echo(line, err=True))
+    except MedRes3DError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    typer.echo(report.summary())
+
 def main() -> None:
     """Entry point of the ``medres3d`` console script."""
     app()

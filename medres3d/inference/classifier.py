@@ -126,6 +126,8 @@ def _as_volume(scan: Any) -> Volume:
         return scan
     if isinstance(scan, (str, os.PathLike)):
         return load_volume(scan)
+    if callable(getattr(scan, "load", None)):  # a DicomSeries found by scan_dicom_tree
+        return scan.load()
     if isinstance(scan, torch.Tensor):
         scan = scan.detach().cpu().numpy()
     if isinstance(scan, np.ndarray):
@@ -134,7 +136,8 @@ def _as_volume(scan: Any) -> Volume:
         volume.meta["warnings"].append("array input: assumed 1 mm voxels in RAS order (identity affine)")
         return volume
     raise ConfigError(
-        f"a scan must be a path, a Volume, a numpy array or a torch tensor, got {type(scan).__name__}"
+        "a scan must be a path, a Volume, a DicomSeries, a numpy array or a torch tensor, "
+        f"got {type(scan).__name__}"
     )
 
 
