@@ -59,15 +59,15 @@ class BottleneckBlock(_ResidualBlock):
         super().__init__(in_channels, filters, stride, bn_after_add)
         self.conv1 = SameConv3d(in_channels, filters, 1, stride)
         self.bn1 = nn.BatchNorm3d(filters)
-        self.relu1 = nn.ReLU()
+        self.relu1 = nn.ReLU(inplace=True)
         self.conv2 = SameConv3d(filters, filters, 3)
         self.bn2 = nn.BatchNorm3d(filters)
-        self.relu2 = nn.ReLU()
+        self.relu2 = nn.ReLU(inplace=True)
         self.conv3 = SameConv3d(filters, self.out_channels, 1)
         # Before or after the addition, MATLAB calls this BN bn3.
         self.bn3 = nn.BatchNorm3d(self.out_channels)
         self.add = Add()
-        self.relu3 = nn.ReLU()
+        self.relu3 = nn.ReLU(inplace=True)
         self._add_shortcut(stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,11 +85,11 @@ class BasicBlock(_ResidualBlock):
         super().__init__(in_channels, filters, stride, bn_after_add)
         self.conv1 = SameConv3d(in_channels, filters, 3, stride)
         self.bn1 = nn.BatchNorm3d(filters)
-        self.relu1 = nn.ReLU()
+        self.relu1 = nn.ReLU(inplace=True)
         self.conv2 = SameConv3d(filters, filters, 3)
         self.bn2 = nn.BatchNorm3d(filters)
         self.add = Add()
-        self.relu2 = nn.ReLU()
+        self.relu2 = nn.ReLU(inplace=True)
         self._add_shortcut(stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -87,7 +87,7 @@ class ResNet3D(nn.Module):
         self.conv1 = SameConv3d(config.in_channels, config.initial_num_filters,
                                 config.initial_filter_size, config.initial_stride)
         self.bn1 = nn.BatchNorm3d(config.initial_num_filters)
-        self.relu1 = nn.ReLU()
+        self.relu1 = nn.ReLU(inplace=True)
         if config.initial_pooling == "max":
             self.maxpool1 = SameMaxPool3d(3, 2)
         elif config.initial_pooling == "average":
