@@ -11,6 +11,11 @@ Benchmarks (``--only`` picks some; each is a ``bench_*`` function registered in 
 - ``nifti``: a ~190-slice 512x512 int16 ``.nii.gz`` to float32: ``medres3d.load_volume`` vs
   ``nibabel`` (``get_fdata(dtype=float32)``) vs MONAI ``LoadImage`` (its default NibabelReader)
   vs SimpleITK ``ReadImage(..., sitkFloat32)``.
+- ``dicom``: a ~190-slice 512x512 CT series folder to float32 HU: ``medres3d.load_volume`` vs
+  SimpleITK ``ImageSeriesReader`` vs MONAI ``LoadImage`` (PydicomReader; ITKReader when ``itk`` is
+  installed).
+- ``dicom_scan``: header scan rate (files/s) over a tree of 3000 files: ``scan_dicom_tree``
+  (processes, threads, serial) vs SimpleITK/GDCM's series scan vs a plain pydicom loop.
 
 Usage:
     python benchmarks/bench_io.py                      # all benchmarks, 3 rounds
@@ -118,9 +123,9 @@ def bench_nifti(workdir: Path, shape: tuple[int, int, int], repeats: int) -> lis
         "medres3d load_volume": lambda: load_volume(path).array,
         "nibabel get_fdata(float32)": lambda: nib.load(path).get_fdata(dtype=np.float32),
         "MONAI LoadImage (NibabelReader)": lambda: monai_load(path).numpy(),
-        "SimpleITK ReadImage(float32)": lambda: sitk.GetArrayViewFromImage(
+        "SimpleITK ReadImage(float32)": lambda: sitk.GetArrayFromImage(
             sitk.ReadImage(str(path), sitk.sitkFloat32)
-        ).copy(),
+        ),
     }
     reference = readers["nibabel get_fdata(float32)"]()
     np.testing.assert_array_equal(readers["medres3d load_volume"]()[0], reference)
@@ -134,8 +139,136 @@ def bench_nifti(workdir: Path, shape: tuple[int, int, int], repeats: int) -> lis
     return report(title, runs, baseline="medres3d load_volume")
 
 
+# ---------------------------------------------------------------------------------------------
+# DICOM (medres3d.io.dicom): series loading and header scanning
+# ---------------------------------------------------------------------------------------------
+
+
+def _dicom_series_folder(workdir: Path, shape: tuple[int, int, int]) -> Path:
+    """The CT phantom written once as a classic single-frame series (shuffled file names)."""
+    from medres3d.synthetic import write_dicom_series
+
+    folder = workdir / f"dicom_{'x'.join(map(str, shape))}"
+    done = workdir / f"{folder.name}.complete"  # outside the folder, so no reader sees it
+    if not done.exists():
+        hu, affine = ct_volume(shape)
+        write_dicom_series(hu.astype(np.float32), affine, folder)
+        done.touch()
+    return folder
+
+
+def bench_dicom(workdir: Path, shape: tuple[int, int, int], repeats: int) -> list[str]:
+    """A DICOM series folder (one 512x512 CT slice per file) to float32 voxels (HU)."""
+    import SimpleITK as sitk
+    from monai.transforms import LoadImage
+
+    from medres3d import load_volume
+
+    folder = _dicom_series_folder(workdir, shape)
+
+    def simpleitk() -> sitk.Image:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+        reader.SetOutputPixelType(sitk.sitkFloat32)
+        return reader.Execute()  # the image itself: SimpleITK is not charged for a NumPy copy
+
+    pydicom_reader = LoadImage(reader="PydicomReader", image_only=True)
+    readers: dict[str, Reader] = {
+        "medres3d load_volume": lambda: load_volume(folder).array,
+        "SimpleITK ImageSeriesReader(float32)": simpleitk,
+        "MONAI LoadImage(PydicomReader)": lambda: pydicom_reader(folder).numpy(),
+    }
+    notes = []
+    try:
+        import itk  # noqa: F401  (MONAI's ITKReader needs it; it is large and not a dependency)
+
+        itk_reader = LoadImage(reader="ITKReader", image_only=True)
+        readers["MONAI LoadImage(ITKReader)"] = lambda: itk_reader(folder).numpy()
+    except ImportError:
+        notes.append("MONAI LoadImage(ITKReader): skipped, the `itk` package is not installed.")
+    reference = readers["medres3d load_volume"]()[0]
+    image = simpleitk()
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image).T, reference)
+    del image
+    for name in readers:
+        if name.startswith("MONAI"):
+            np.testing.assert_array_equal(readers[name](), reference)
+    del reference
+    runs = time_alternately(readers, repeats)
+    size_mb = sum(p.stat().st_size for p in folder.iterdir()) / 2**20
+    grid = "x".join(map(str, shape))
+    title = f"DICOM series: {grid} CT, {shape[2]} files ({size_mb:.0f} MiB), to float32 HU, {repeats} rounds"
+    return [*report(title, runs, baseline="medres3d load_volume"), *notes, ""]
+
+
+def _dicom_tree(workdir: Path, num_series: int, num_slices: int) -> tuple[Path, int]:
+    """A tree of small CT series (64x64 slices), one folder per series, written once."""
+    from medres3d.synthetic import make_affine, write_dicom_series
+
+    root = workdir / f"dicom_tree_{num_series}x{num_slices}"
+    done = workdir / f"{root.name}.complete"
+    if not done.exists():
+        volume = np.random.default_rng(0).integers(-1000, 1000, (64, 64, num_slices)).astype(np.float32)
+        for n in range(num_series):
+            folder = root / f"patient{n // 3:03d}" / f"series{n % 3}"
+            write_dicom_series(volume, make_affine((0.7, 0.7, 1.0)), folder, series_number=n)
+        done.touch()
+    return root, num_series * num_slices
+
+
+def bench_dicom_scan(workdir: Path, shape: tuple[int, int, int], repeats: int) -> list[str]:
+    """Header scan rate (files/s) over a tree of a few thousand files; ``shape`` is not used."""
+    import os
+
+    import pydicom
+    import SimpleITK as sitk
+
+    from medres3d.io import dicom_scan
+
+    root, num_files = _dicom_tree(workdir, num_series=30, num_slices=100)
+
+    def gdcm_scan() -> list[tuple[str, ...]]:
+        found = []
+        for folder, _, names in os.walk(root):
+            if names:
+                for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder):
+                    found.append(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
+        return found
+
+    def threads_only() -> dicom_scan.DicomScan:
+        saved = dicom_scan._PROCESS_MIN_FILES
+        dicom_scan._PROCESS_MIN_FILES = 10**9  # measure the thread pool on the same tree
+        try:
+            return dicom_scan.scan_dicom_tree(root)
+        finally:
+            dicom_scan._PROCESS_MIN_FILES = saved
+
+    readers: dict[str, Reader] = {
+        "medres3d scan_dicom_tree (default: processes)": lambda: dicom_scan.scan_dicom_tree(root),
+        "medres3d scan_dicom_tree (threads)": threads_only,
+        "medres3d scan_dicom_tree (workers=1)": lambda: dicom_scan.scan_dicom_tree(root, workers=1),
+        "SimpleITK/GDCM series IDs + file names, per folder": gdcm_scan,
+        "pydicom dcmread(stop_before_pixels) loop": lambda: [
+            pydicom.dcmread(p, stop_before_pixels=True) for p in dicom_scan.list_files(root, True)
+        ],
+    }
+    scan = dicom_scan.scan_dicom_tree(root)
+    if len(scan.series) != 30 or scan.skipped:
+        raise RuntimeError(f"scan found {len(scan.series)} series and skipped {len(scan.skipped)} files")
+    if sum(len(files) for files in gdcm_scan()) != num_files:
+        raise RuntimeError("SimpleITK/GDCM did not find every file")
+    runs = time_alternately(readers, repeats)
+    title = f"DICOM header scan: {num_files} files in 30 series folders (64x64 CT), {repeats} rounds"
+    lines = report(title, runs, baseline="medres3d scan_dicom_tree (default: processes)")
+    rates = {name: num_files / statistics.median(s for s, _ in samples) for name, samples in runs.items()}
+    lines += [f"- {name}: {rate:,.0f} files/s" for name, rate in rates.items()]
+    return [*lines, ""]
+
+
 BENCHMARKS: dict[str, Callable[[Path, tuple[int, int, int], int], list[str]]] = {
     "nifti": bench_nifti,
+    "dicom": bench_dicom,
+    "dicom_scan": bench_dicom_scan,
 }
 
 

@@ -23,6 +23,8 @@ from pydicom.uid import UID, ExplicitVRBigEndian
 from medres3d.errors import CorruptFileError, UnsupportedFormatError
 from medres3d.io.dicom_header import FileHeader
 
+# (7FE0,0010) PixelData in either byte order; Float/DoubleFloatPixelData go through pydicom.
+_INTEGER_PIXEL_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
 # Explicit VR pixel data element header: tag (4), VR (2), reserved (2), 32-bit length (4).
 _EXPLICIT_LONG_VRS = (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN")
 
@@ -48,9 +50,8 @@ def read_frames(header: FileHeader) -> np.ndarray:
         CorruptFileError: truncated or undecodable pixel data, or a size other than the header says.
         UnsupportedFormatError: colour data.
     """
-    if header.is_native and header.bits_allocated in (8, 16, 32):
-        frames = _read_native(header)
-    else:
+    frames = _read_native(header) if header.is_native and header.bits_allocated in (8, 16, 32) else None
+    if frames is None:
         frames = _decode_with_pydicom(header)
     if header.bits_stored < header.bits_allocated and frames.dtype.kind in "iu":
         # The unused high bits may hold anything (PS3.5 8.1.1): shift them out, as pydicom does;
@@ -61,13 +62,16 @@ def read_frames(header: FileHeader) -> np.ndarray:
     return frames
 
 
-def _read_native(header: FileHeader) -> np.ndarray:
+def _read_native(header: FileHeader) -> np.ndarray | None:
+    """Integer pixel data read in place; None for float pixel data (left to pydicom)."""
     dtype = pixel_dtype(header)
     expected = header.frames * header.rows * header.columns
     try:
         with open(header.path, "rb") as fp:
             fp.seek(header.pixel_offset or 0)
             element = fp.read(12)
+            if element[:4] not in _INTEGER_PIXEL_TAGS:
+                return None
             length = _value_length(header, element, fp)
             if length < expected * dtype.itemsize:
                 raise CorruptFileError(
