@@ -278,6 +278,40 @@ def demo(
         raise typer.Exit(2) from err
     typer.echo(report.summary())
 
+@app.command()
+def explain(
+    model: Annotated[Path, typer.Argument(help="model file (.safetensors)")],
+    scan: Annotated[Path, typer.Argument(help="NIfTI file, DICOM series folder or ITK image")],
+    out: Annotated[Path, typer.Option("--out", help="heatmap NIfTI on the scan's grid and affine")],
+    png: Annotated[Path | None, typer.Option("--png", help="also draw 3 orthogonal slices here")] = None,
+    class_name: Annotated[str | None, typer.Option("--class", help="default: the predicted label")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K")] = "auto",
+) -> None:
+    """Grad-CAM of the predicted class, saved as NIfTI in the scan's own grid (and as a PNG).
+
+    Example: medres3d explain model.safetensors scan.nii.gz --out heatmap.nii.gz --png heatmap.png
+    """
+    from medres3d.errors import MedRes3DError
+    from medres3d.explain import explain as grad_cam
+    from medres3d.explain import save_overlay_png
+    from medres3d.inference.classifier import Classifier
+
+    try:
+        clf = Classifier.load(model, device=device, evidence=False)
+        explanation = grad_cam(clf, scan, class_name=class_name)
+        explanation.save(out)
+        if png is not None:
+            save_overlay_png(explanation, png)
+    except MedRes3DError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    probability = explanation.probabilities[explanation.label]
+    typer.echo(f"{scan}: Grad-CAM of '{explanation.label}' (p = {probability:.3f}) at {explanation.layer}, "
+               f"{explanation.num_windows} window(s) -> {out}" + (f", {png}" if png else ""))
+    for warning in explanation.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+
+
 def main() -> None:
     """Entry point of the ``medres3d`` console script."""
     app()

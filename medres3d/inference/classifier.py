@@ -80,6 +80,7 @@ class PreparedScan:
     warnings: list[str]
     source: str | None
     seconds: float
+    volume: Volume | None = None  # the loaded scan, when asked for (not sent between processes)
 
 
 @dataclass
@@ -141,10 +142,13 @@ def _as_volume(scan: Any) -> Volume:
     )
 
 
-def prepare_scan(scan: Any, preprocessing: PreprocessingSpec | None) -> PreparedScan:
+def prepare_scan(
+    scan: Any, preprocessing: PreprocessingSpec | None, *, keep_volume: bool = False
+) -> PreparedScan:
     """Load ``scan`` and apply ``preprocessing`` (the model file's spec), timing both.
 
-    Without a spec the scan's voxels are used as they are (with a warning).
+    Without a spec the scan's voxels are used as they are (with a warning). ``keep_volume`` keeps
+    the loaded scan in the result (e.g. to display it under an overlay).
 
     Example:
         >>> prepared = prepare_scan("scan.nii.gz", model_file.preprocessing)  # doctest: +SKIP
@@ -173,6 +177,7 @@ def prepare_scan(scan: Any, preprocessing: PreprocessingSpec | None) -> Prepared
         warnings=warnings,
         source=source,
         seconds=time.perf_counter() - start,
+        volume=volume if keep_volume else None,
     )
 
 

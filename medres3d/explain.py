@@ -1,0 +1,305 @@
+"""Grad-CAM in scan space: which parts of a scan drove the predicted class.
+
+MONAI's :class:`~monai.visualize.GradCAM` runs on the preprocessed input, targeting the output of
+the network's last residual block (MATLAB layer ``stack{S}_block{B}_relu{n}``, the last activation
+before global pooling). A volume larger than the network's input is explained window by window
+(the same windows as the prediction): each window's raw (unnormalized) map is splatted back with
+overlap averaging, so windows stay comparable, and the whole map is scaled to [0, 1] once at the
+end. The map is then resampled through world coordinates onto the original scan's voxel grid, so
+the NIfTI it is saved as has the scan's shape and affine. :func:`save_overlay_png` draws three
+orthogonal slices through the map's maximum in radiological convention.
+
+Example:
+    >>> from medres3d.inference.classifier import Classifier
+    >>> clf = Classifier.load("model.safetensors")                    # doctest: +SKIP
+    >>> exp = explain(clf, "scan.nii.gz")                              # doctest: +SKIP
+    >>> exp.save("heatmap.nii.gz"); save_overlay_png(exp, "heatmap.png")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medres3d.errors import ConfigError, OutputWriteError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from medres3d.inference.classifier import Classifier
+
+
+@dataclass
+class Explanation:
+    """A Grad-CAM heatmap on the original scan's grid.
+
+    Attributes:
+        heatmap: (X, Y, Z) float32 in [0, 1] on the scan's voxel grid.
+        affine: the scan's 4x4 RAS affine (also the heatmap's).
+        scan: (X, Y, Z) the scan's first channel, for display.
+        label: the explained class (the predicted one unless asked otherwise).
+        class_index: its output index.
+        probabilities: the prediction's class probabilities.
+        layer: the target layer's MATLAB name.
+        num_windows: windows explained.
+        warnings: notes from loading and preprocessing.
+    """
+
+    heatmap: np.ndarray
+    affine: np.ndarray
+    scan: np.ndarray
+    label: str
+    class_index: int
+    probabilities: dict[str, float]
+    layer: str
+    num_windows: int
+    warnings: list[str] = field(default_factory=list)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the heatmap as NIfTI with the scan's affine.
+
+        Example:
+            >>> explanation.save("heatmap.nii.gz")   # doctest: +SKIP
+        """
+        import nibabel as nib
+
+        path = Path(path)
+        image = nib.Nifti1Image(np.ascontiguousarray(self.heatmap, dtype=np.float32), self.affine)
+        image.set_qform(self.affine, code=1)
+        image.set_sform(self.affine, code=1)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(image, path)
+        except OSError as err:
+            raise OutputWriteError(path, f"could not write the heatmap: {err}") from err
+        return path
+
+
+def target_layer(net: nn.Module) -> tuple[str, str]:
+    """The Grad-CAM target: the last activation of the last residual block.
+
+    Returns:
+        (PyTorch module name, MATLAB layer name), e.g. ``("stack4.block3.relu3", "stack4_block3_relu3")``.
+
+    Example:
+        >>> from medres3d.models.resnet3d import resnet3d
+        >>> net = resnet3d((16, 16, 16), 2, initial_num_filters=4, num_filters=(4, 8), stack_depth=(1, 2))
+        >>> target_layer(net)
+        ('stack2.block2.relu3', 'stack2_block2_relu3')
+    """
+    import torch
+
+    config = getattr(net, "config", None)
+    if config is None:
+        raise ConfigError(f"Grad-CAM needs a medres3d ResNet3D, got {type(net).__name__}")
+    block_name = f"stack{len(config.stack_depth)}.block{config.stack_depth[-1]}"
+    block = net.get_submodule(block_name)
+    relus = [name for name, module in block.named_modules() if isinstance(module, torch.nn.ReLU)]
+    if not relus:
+        raise ConfigError(f"the block {block_name} has no ReLU to explain")
+    name = f"{block_name}.{relus[-1]}"
+    return name, name.replace(".", "_")
+
+
+def _window_cams(
+    tensor: torch.Tensor,
+    net: nn.Module,
+    layer: str,
+    class_index: int,
+    overlap: float,
+    background_value: float,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[np.ndarray, int]:
+    """Raw Grad-CAM per window, overlap-averaged onto the tensor's grid: (X, Y, Z), number of windows."""
+    import torch
+    from monai.visualize import GradCAM
+
+    from medres3d.inference.windows import WindowGrid, clip_box
+
+    grid = WindowGrid.create(tuple(tensor.shape[1:]), tuple(net.spatial_size), overlap)
+    cam = GradCAM(nn_module=net, target_layers=layer, postprocessing=lambda x: x)
+    total = np.zeros(grid.image_size, dtype=np.float64)
+    count = np.zeros(grid.image_size, dtype=np.float64)
+    boxes = list(grid.boxes())
+    for first in range(0, len(boxes), batch_size):
+        chunk = boxes[first : first + batch_size]
+        batch = torch.full((len(chunk), tensor.shape[0], *grid.window_size), float(background_value))
+        for row, box in enumerate(chunk):
+            source, target = clip_box(box, grid.image_size)
+            batch[(row, slice(None), *target)] = tensor[(slice(None), *source)]
+        maps = cam(batch.to(device), class_idx=class_index).detach().float().cpu().numpy()[:, 0]
+        for row, box in enumerate(chunk):
+            source, target = clip_box(box, grid.image_size)
+            total[source] += maps[(row, *target)]
+            count[source] += 1
+    return total / np.maximum(count, 1), grid.num_windows
+
+
+def explain(
+    classifier: Classifier,
+    scan: Any,
+    *,
+    class_name: str | None = None,
+    batch_size: int = 2,
+) -> Explanation:
+    """Grad-CAM of ``class_name`` (default: the predicted class) for one scan, in the scan's grid.
+
+    Args:
+        classifier: a loaded :class:`~medres3d.inference.classifier.Classifier`.
+        scan: a path, Volume or array, as for ``Classifier.predict``.
+        class_name: the class to explain; default the predicted label.
+        batch_size: windows per backward pass.
+
+    Example:
+        >>> exp = explain(Classifier.load("model.safetensors"), "scan.nii.gz")  # doctest: +SKIP
+        >>> exp.label, exp.layer, exp.heatmap.shape                             # doctest: +SKIP
+        ('lesion', 'stack4_block3_relu3', (512, 512, 120))
+    """
+    from medres3d.inference.classifier import prepare_scan
+    from medres3d.inference.evidence import resample_to_grid
+
+    prepared = prepare_scan(scan, classifier.preprocessing, keep_volume=True)
+    prediction = classifier.predict_prepared(prepared)
+    label = prediction.label if class_name is None else class_name
+    if label not in classifier.class_names:
+        raise ConfigError(f"class_name must be one of {classifier.class_names}, got {class_name!r}")
+    class_index = classifier.class_names.index(label)
+    layer, matlab_name = target_layer(classifier.net)
+    raw, num_windows = _window_cams(
+        prepared.tensor,
+        classifier.net,
+        layer,
+        class_index,
+        classifier.options["overlap"],
+        classifier.background_value,
+        batch_size,
+        classifier.device,
+    )
+    peak = float(raw.max())
+    warnings = list(prepared.warnings)
+    if peak > 0:
+        raw = raw / peak
+    else:
+        warnings.append(f"Grad-CAM is zero everywhere for class {label!r} (no positive evidence)")
+    heatmap = resample_to_grid(raw[None], prepared.affine, prepared.scan_shape, prepared.scan_affine)[0]
+    return Explanation(
+        heatmap=np.clip(heatmap, 0.0, 1.0),
+        affine=prepared.scan_affine,
+        scan=prepared.volume.array[0],
+        label=label,
+        class_index=class_index,
+        probabilities=prediction.probabilities,
+        layer=matlab_name,
+        num_windows=num_windows,
+        warnings=warnings,
+    )
+
+
+@dataclass(frozen=True)
+class View:
+    """One displayed slice: 2D images (rows top to bottom, columns left to right) and its labels."""
+
+    name: str
+    scan: np.ndarray
+    heatmap: np.ndarray
+    markers: tuple[str, str, str, str]  # left, right, top, bottom
+    aspect: float  # height of a pixel / its width (mm)
+    index: int
+
+
+def orthogonal_views(scan: np.ndarray, heatmap: np.ndarray, affine: np.ndarray) -> list[View]:
+    """Axial, coronal and sagittal slices through the heatmap's maximum, in radiological convention.
+
+    The volumes are first reordered to the closest RAS+ axes (no interpolation). Axial: viewed from
+    the feet, patient's right on the image's left, anterior up. Coronal: viewed from the front,
+    patient's right on the left, head up. Sagittal: viewed from the patient's left, anterior on the
+    left, head up.
+
+    Example:
+        >>> views = orthogonal_views(np.zeros((4, 5, 6)), np.ones((4, 5, 6)), np.eye(4))
+        >>> [(v.name, v.markers) for v in views][0]
+        ('axial', ('R', 'L', 'A', 'P'))
+    """
+    import nibabel as nib
+
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt("RAS")
+    )
+    canonical = affine @ nib.orientations.inv_ornt_aff(transform, heatmap.shape)
+    scan = nib.orientations.apply_orientation(scan, transform)
+    heatmap = nib.orientations.apply_orientation(heatmap, transform)
+    sx, sy, sz = np.linalg.norm(canonical[:3, :3], axis=0)
+    i, j, k = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+
+    def axial(a: np.ndarray) -> np.ndarray:  # rows: anterior -> posterior; columns: right -> left
+        return a[::-1, ::-1, k].T
+
+    def coronal(a: np.ndarray) -> np.ndarray:  # rows: superior -> inferior; columns: right -> left
+        return a[::-1, j, ::-1].T
+
+    def sagittal(a: np.ndarray) -> np.ndarray:  # rows: superior -> inferior; columns: anterior -> posterior
+        return a[i, ::-1, ::-1].T
+
+    return [
+        View("axial", axial(scan), axial(heatmap), ("R", "L", "A", "P"), sy / sx, int(k)),
+        View("coronal", coronal(scan), coronal(heatmap), ("R", "L", "S", "I"), sz / sx, int(j)),
+        View("sagittal", sagittal(scan), sagittal(heatmap), ("A", "P", "S", "I"), sz / sy, int(i)),
+    ]
+
+
+def save_overlay_png(explanation: Explanation, path: str | os.PathLike[str], *, alpha: float = 0.45) -> Path:
+    """Three orthogonal slices through the heatmap's maximum, scan in grey, heatmap overlaid.
+
+    Radiological convention (see :func:`orthogonal_views`), orientation letters on every side,
+    a colour bar, and the explained class, its probability and the target layer in the title.
+
+    Example:
+        >>> save_overlay_png(explain(clf, "scan.nii.gz"), "heatmap.png")  # doctest: +SKIP
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    views = orthogonal_views(explanation.scan, explanation.heatmap, explanation.affine)
+    low, high = np.percentile(explanation.scan, [1, 99])
+    figure, axes = plt.subplots(1, 3, figsize=(13, 5), constrained_layout=True)
+    for axis, view in zip(axes, views, strict=True):
+        axis.imshow(
+            view.scan, cmap="gray", vmin=low, vmax=high if high > low else low + 1, aspect=view.aspect
+        )
+        overlay = axis.imshow(
+            view.heatmap, cmap="inferno", vmin=0.0, vmax=1.0, alpha=alpha, aspect=view.aspect
+        )
+        axis.set_title(f"{view.name} (slice {view.index})", fontsize=12)
+        axis.set_xticks([])
+        axis.set_yticks([])
+        left, right, top, bottom = view.markers
+        style = {"color": "yellow", "fontsize": 13, "fontweight": "bold", "transform": axis.transAxes}
+        axis.text(0.02, 0.5, left, ha="left", va="center", **style)
+        axis.text(0.98, 0.5, right, ha="right", va="center", **style)
+        axis.text(0.5, 0.98, top, ha="center", va="top", **style)
+        axis.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
+    bar = figure.colorbar(overlay, ax=axes, shrink=0.8)
+    bar.set_label("Grad-CAM (scaled to the maximum)", fontsize=11)
+    probability = explanation.probabilities.get(explanation.label, float("nan"))
+    figure.suptitle(
+        f"Grad-CAM for class '{explanation.label}' (p = {probability:.3f}), layer {explanation.layer}; "
+        "radiological convention",
+        fontsize=13,
+    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=110)
+    except OSError as err:
+        raise OutputWriteError(path, f"could not write the PNG: {err}") from err
+    finally:
+        plt.close(figure)
+    return path
