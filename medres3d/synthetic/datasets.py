@@ -174,7 +174,8 @@ def make_messy_dicom_tree(
     Layout: ``study1/mixed/`` holds two CT series of one study (one with a lesion, shuffled names) plus
     a localizer sharing the first series' UID, a SEG and an SR; ``study1/notes.txt`` is not DICOM;
     ``study2/mr/`` holds an MR series; ``broken/`` holds a CT series whose every file is truncated inside
-    its pixel data (headers readable, voxels not); ``DICOMDIR`` sits at the top.
+    its pixel data (headers readable, voxels not); ``DICOMDIR`` sits at the top. ``root`` must be
+    new or empty.
 
     Example:
         >>> import tempfile
@@ -183,6 +184,9 @@ def make_messy_dicom_tree(
         (4, 3)
     """
     out = Path(root)
+    if out.exists() and any(out.iterdir()):
+        # Series already there would join the scan and make the returned answer wrong.
+        raise ConfigError(f"root {out} must be a new or empty folder for a messy tree")
     shape3 = tuple(int(s) for s in shape)
     tree = MessyTree(root=out)
     study = new_uid()

@@ -55,3 +55,13 @@ def test_size_jitter_gives_several_shapes_within_bounds(tmp_path):
     assert len(shapes) > 1
     for shape in shapes:
         assert all(0.75 * n - 1 <= s <= 1.25 * n + 1 for s, n in zip(shape, (20, 20, 16), strict=True))
+
+
+def test_messy_tree_refuses_a_non_empty_root(tmp_path):
+    import pytest
+
+    from medres3d.errors import ConfigError
+
+    (tmp_path / "old.dcm").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="empty"):
+        make_messy_dicom_tree(tmp_path)
