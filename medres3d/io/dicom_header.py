@@ -19,6 +19,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -30,6 +31,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from medres3d.io.dicom_rawheader import parse_header, tag_table
+
 # Only these are parsed; every other element is skipped by seeking past its value.
 SCAN_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "Modality", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
@@ -40,6 +43,7 @@ SCAN_TAGS = [
     "RescaleSlope", "RescaleIntercept", "GridFrameOffsetVector", "DoseGridScaling",
 ]  # fmt: skip
 
+_FAST_TAGS = tag_table(SCAN_TAGS)
 # Pixel data element tags (PixelData, FloatPixelData, DoubleFloatPixelData), both byte orders.
 _PIXEL_TAG_BYTES = frozenset(
     (0x7FE0).to_bytes(2, order) + elem.to_bytes(2, order)
@@ -134,10 +138,12 @@ class FileHeader:
         return self.transfer_syntax in NATIVE_SYNTAXES and self.pixel_offset is not None
 
 
-def read_header(path: str | os.PathLike[str]) -> FileHeader | SkippedFile:
+def read_header(path: str | os.PathLike[str], fast: bool = True) -> FileHeader | SkippedFile:
     """Read one file's header (no pixels) and classify it.
 
-    Never raises for a bad file: the problem comes back as a :class:`SkippedFile`.
+    Never raises for a bad file: the problem comes back as a :class:`SkippedFile`. With ``fast``
+    (the default), Part 10 little-endian files go through :mod:`medres3d.io.dicom_rawheader`
+    (about 10 times faster); every other file, and ``fast=False``, through pydicom.
 
     Example:
         >>> from pydicom.data import get_testdata_file
@@ -156,6 +162,11 @@ def read_header(path: str | os.PathLike[str]) -> FileHeader | SkippedFile:
             has_prefix = preamble[128:132] == b"DICM"
             if not has_prefix and preamble[:2] not in _BARE_DATASET_STARTS:
                 return SkippedFile(path, "not a DICOM file (no DICM prefix)", "not-dicom")
+            if fast and has_prefix:
+                parsed = parse_header(fp, _FAST_TAGS)
+                if parsed is not None:
+                    return _classify(path, parsed[0], True, parsed[1])
+                fp.seek(0)
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not has_prefix, specific_tags=SCAN_TAGS)
             pixel_offset: int | None = fp.tell()
             size = os.fstat(fp.fileno()).st_size
@@ -176,7 +187,10 @@ def read_header(path: str | os.PathLike[str]) -> FileHeader | SkippedFile:
         return SkippedFile(path, f"cannot read file: {err.strerror or err}", "unreadable")
     except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, struct.error) as err:
         return SkippedFile(path, f"unreadable DICOM header: {err}", "unreadable")
-    return _classify(path, ds, has_pixels, pixel_offset)
+    values = {kw: ds.get(kw) for kw in SCAN_TAGS if kw in ds}
+    values["SOPClassUID"] = _sop_class(ds)
+    values["TransferSyntaxUID"] = _transfer_syntax(ds)
+    return _classify(path, values, has_pixels, pixel_offset)
 
 
 def _sop_class(ds: pydicom.Dataset) -> str:
@@ -194,9 +208,10 @@ def _transfer_syntax(ds: pydicom.Dataset) -> str:
 
 
 def _classify(
-    path: Path, ds: pydicom.Dataset, has_pixels: bool, pixel_offset: int | None
+    path: Path, ds: dict[str, Any], has_pixels: bool, pixel_offset: int | None
 ) -> FileHeader | SkippedFile:
-    sop = _sop_class(ds)
+    """Turn the header values (keyword -> pydicom or plain value) into a FileHeader or a SkippedFile."""
+    sop = str(ds.get("SOPClassUID") or "")
     if not sop and "Rows" not in ds:
         return SkippedFile(path, "not a DICOM image (no SOPClassUID, no Rows)", "not-dicom")
     sop_name = UID(sop).name if sop else "unknown SOP class"
@@ -246,7 +261,7 @@ def _classify(
             pixel_representation=_int(ds, "PixelRepresentation", 0),
             slope=_float(ds, "RescaleSlope", 1.0),
             intercept=_float(ds, "RescaleIntercept", 0.0),
-            transfer_syntax=_transfer_syntax(ds),
+            transfer_syntax=str(ds["TransferSyntaxUID"]),
             pixel_offset=pixel_offset,
             is_enhanced=any(word in sop_name for word in _ENHANCED_WORDS),
         )
@@ -262,7 +277,7 @@ def _multi(value: object) -> list[object]:
     return list(value)  # type: ignore[call-overload]
 
 
-def _int(ds: pydicom.Dataset, keyword: str, default: int | None) -> int | None:
+def _int(ds: dict[str, Any], keyword: str, default: int | None) -> int | None:
     values = _multi(ds.get(keyword))
     try:
         return int(float(values[0]))  # IS values such as "2.0" occur in the wild
@@ -270,14 +285,14 @@ def _int(ds: pydicom.Dataset, keyword: str, default: int | None) -> int | None:
         return default  # absent or malformed: callers validate the values they rely on
 
 
-def _float(ds: pydicom.Dataset, keyword: str, default: float) -> float:
+def _float(ds: dict[str, Any], keyword: str, default: float) -> float:
     values = _multi(ds.get(keyword))
     if not values or values[0] in ("", None):
         return default
     return float(values[0])  # a malformed rescale is an error, not a silent default
 
 
-def _floats(ds: pydicom.Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
+def _floats(ds: dict[str, Any], keyword: str, count: int) -> tuple[float, ...] | None:
     try:
         values = tuple(float(v) for v in _multi(ds.get(keyword)))
     except (ValueError, TypeError):

@@ -1,6 +1,9 @@
 """Series discovery: grouping, splitting, localizers, skipped files, choosing a series."""
 
+from pathlib import Path
+
 import numpy as np
+import pydicom
 import pytest
 
 from medres3d.errors import CorruptFileError, NotAnImageError
@@ -10,6 +13,7 @@ from medres3d.synthetic import (
     make_affine,
     make_messy_dicom_tree,
     write_dicom_series,
+    write_enhanced_dicom,
     write_localizer,
     write_non_image_object,
 )
@@ -185,3 +189,34 @@ def test_process_pool_scan_equals_serial_scan(tmp_path, monkeypatch):
     parallel = scan_dicom_tree(tmp_path, workers=2)
     assert [s.files for s in parallel.series] == [s.files for s in serial.series]
     assert [s.headers for s in parallel.series] == [s.headers for s in serial.series]
+
+
+def test_fast_header_parser_agrees_with_pydicom(tmp_path):
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless
+
+    from medres3d.io.dicom_header import read_header
+    from medres3d.io.dicom_rawheader import parse_header, tag_table
+
+    shipped = sorted(Path(get_testdata_file("CT_small.dcm")).parent.glob("*.dcm"))
+    write_dicom_series(_volume(9), make_affine((1, 1, 2), "oblique"), tmp_path / "explicit", echo_number=2)
+    write_dicom_series(
+        _volume(9), make_affine(), tmp_path / "implicit", transfer_syntax=ImplicitVRLittleEndian
+    )
+    write_enhanced_dicom(
+        np.zeros((32, 32, 4)), make_affine(), tmp_path / "enh.dcm", transfer_syntax=JPEG2000Lossless
+    )
+    write_non_image_object("SEG", tmp_path / "seg.dcm")
+    ds = pydicom.dcmread(write_enhanced_dicom(np.zeros((4, 4, 4)), make_affine(), tmp_path / "undefined.dcm"))
+    for element in ds.iterall():  # undefined-length sequences and items, which the fast parser walks
+        if element.VR == "SQ":
+            element.is_undefined_length = True
+            for item in element.value:
+                item.is_undefined_length_sequence_item = True
+    ds.save_as(tmp_path / "undefined.dcm")
+    written = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    for path in shipped + written:
+        assert read_header(path) == read_header(path, fast=False), path.name
+    for path in (tmp_path / "undefined.dcm", tmp_path / "enh.dcm", next((tmp_path / "implicit").iterdir())):
+        with open(path, "rb") as fp:  # these go through the fast parser, not the pydicom fallback
+            assert parse_header(fp, tag_table(["Rows"]))[0]["Rows"] in (4, 32, 5), path.name

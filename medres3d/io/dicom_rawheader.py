@@ -1,0 +1,172 @@
+"""A fast reader for the common case of a DICOM header: Part 10 file, little-endian dataset.
+
+Scanning a tree of thousands of files spends its time in pydicom's general-purpose parser
+(element objects, value conversion, validation) for the ~30 tags a scan needs. This module walks
+the element headers itself, seeks over every value it does not want, keeps the wanted ones as
+plain ``str``/``list[str]``/``int`` values, and stops at the pixel data element, whose file offset
+it returns. It covers files with the "DICM" prefix whose dataset is Implicit or Explicit VR Little
+Endian (which includes every compressed transfer syntax). Anything else, or anything unexpected
+(non-ASCII or ISO 2022 text, UN of undefined length, truncation, no pixel data...), returns None
+and the caller uses pydicom; the tests check that both paths give the same headers.
+
+Example:
+    >>> from pydicom.data import get_testdata_file
+    >>> table = tag_table(["Rows", "Modality"])
+    >>> with open(get_testdata_file("CT_small.dcm"), "rb") as fp:
+    ...     values, offset = parse_header(fp, table)
+    >>> values["Rows"], values["Modality"], offset
+    (128, 'CT', 6288)
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+from typing import Any, BinaryIO
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+# Explicit VRs with a reserved field and a 32-bit length (PS3.5 Table 7.1-1).
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_MAX_DEPTH = 16
+_CHUNK = 16384
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_TAG = struct.Struct("<HH")
+
+
+class _Unsupported(Exception):
+    """The file needs pydicom's general parser."""
+
+
+def tag_table(keywords: Iterable[str]) -> dict[int, tuple[str, bool]]:
+    """``tag -> (keyword, is_unsigned_short)`` for the keywords, from pydicom's data dictionary."""
+    table = {}
+    for keyword in keywords:
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise KeyError(f"unknown DICOM keyword {keyword!r}")
+        table[tag] = (keyword, dictionary_VR(tag) == "US")
+    return table
+
+
+def parse_header(fp: BinaryIO, wanted: Mapping[int, tuple[str, bool]]) -> tuple[dict[str, Any], int] | None:
+    """Values of the ``wanted`` tags and the offset of the pixel data element, or None (use pydicom).
+
+    ``fp`` is an open binary file; the result also holds "TransferSyntaxUID" and, when the
+    dataset has none, "SOPClassUID" from the file meta's MediaStorageSOPClassUID.
+    """
+    try:
+        return _parse(_Buffer(fp), wanted)
+    except (_Unsupported, struct.error, UnicodeDecodeError):
+        return None
+
+
+class _Buffer:
+    """Random access to the file through one refillable chunk."""
+
+    def __init__(self, fp: BinaryIO) -> None:
+        self.fp = fp
+        self.start = 0
+        self.data = b""
+
+    def get(self, pos: int, size: int) -> bytes:
+        end = pos + size
+        if pos < self.start or end > self.start + len(self.data):
+            self.fp.seek(pos)
+            self.start, self.data = pos, self.fp.read(max(size, _CHUNK))
+        chunk = self.data[pos - self.start : end - self.start]
+        if len(chunk) != size:
+            raise _Unsupported("end of file")
+        return chunk
+
+
+def _parse(buf: _Buffer, wanted: Mapping[int, tuple[str, bool]]) -> tuple[dict[str, Any], int]:
+    if buf.get(128, 4) != b"DICM":
+        raise _Unsupported("no DICM prefix")
+    meta: dict[str, Any] = {}
+    pos = 132
+    meta_table = {0x00020002: ("MediaStorageSOPClassUID", False), 0x00020010: ("TransferSyntaxUID", False)}
+    while _TAG.unpack(buf.get(pos, 4))[0] == 0x0002:  # file meta: always explicit VR little endian
+        pos = _element(buf, pos, False, meta_table, meta, 0)
+    syntax = UID(str(meta.get("TransferSyntaxUID", "")))
+    if not syntax.is_transfer_syntax or (
+        syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) and not syntax.is_encapsulated
+    ):
+        raise _Unsupported(f"dataset encoding of {syntax}")
+    implicit = syntax == ImplicitVRLittleEndian
+    values: dict[str, Any] = {"TransferSyntaxUID": str(syntax)}
+    while True:
+        group, elem = _TAG.unpack(buf.get(pos, 4))
+        if (group << 16 | elem) in _PIXEL_TAGS:
+            break
+        pos = _element(buf, pos, implicit, wanted, values, 0)
+    if not values.get("SOPClassUID"):
+        values["SOPClassUID"] = meta.get("MediaStorageSOPClassUID", "")
+    return values, pos
+
+
+def _element(
+    buf: _Buffer,
+    pos: int,
+    implicit: bool,
+    wanted: Mapping[int, tuple[str, bool]],
+    out: dict[str, Any],
+    depth: int,
+) -> int:
+    """Read (if wanted) or skip the element at ``pos``; return the position after it."""
+    head = buf.get(pos, 8)
+    group, elem = _TAG.unpack_from(head)
+    tag = group << 16 | elem
+    vr = b""
+    if implicit or group == 0xFFFE:
+        length, start = _U32.unpack_from(head, 4)[0], pos + 8
+    else:
+        vr = head[4:6]
+        if vr in _LONG_VRS:
+            length, start = _U32.unpack(buf.get(pos + 8, 4))[0], pos + 12
+        else:
+            length, start = _U16.unpack_from(head, 6)[0], pos + 8
+    if length == _UNDEFINED:
+        if vr == b"UN" or depth >= _MAX_DEPTH:
+            raise _Unsupported("UN of undefined length, or sequences nested too deep")
+        return _skip_sequence(buf, start, implicit, depth + 1)
+    if tag in wanted:
+        keyword, unsigned_short = wanted[tag]
+        out[keyword] = _value(buf.get(start, length), unsigned_short)
+    return start + length
+
+
+def _skip_sequence(buf: _Buffer, pos: int, implicit: bool, depth: int) -> int:
+    """Skip the items of an undefined-length sequence starting at ``pos``; return the end."""
+    while True:
+        group, elem = _TAG.unpack(buf.get(pos, 4))
+        tag = group << 16 | elem
+        length = _U32.unpack(buf.get(pos + 4, 4))[0]
+        pos += 8
+        if tag == _SEQUENCE_END:
+            return pos
+        if tag != _ITEM:
+            raise _Unsupported(f"unexpected tag {tag:08X} in a sequence")
+        if length != _UNDEFINED:
+            pos += length
+            continue
+        while _TAG.unpack(buf.get(pos, 4)) != (0xFFFE, 0xE00D):  # elements up to the item delimiter
+            pos = _element(buf, pos, implicit, {}, {}, depth)
+        pos += 8
+
+
+def _value(raw: bytes, unsigned_short: bool) -> Any:
+    if unsigned_short:
+        return _U16.unpack_from(raw)[0] if len(raw) >= 2 else None
+    text = raw.decode("ascii")
+    if "\x1b" in text:  # ISO 2022 escape sequences: pydicom decodes those
+        raise _Unsupported("ISO 2022 text")
+    parts = [part.strip(" \x00") for part in text.split("\\")]
+    return parts if len(parts) > 1 else parts[0]
