@@ -242,7 +242,7 @@ def _load_preprocess_class() -> type:
                 out.pop("image")
                 out["error"] = str(err)
                 return out
-            out["image"] = image.as_tensor() if hasattr(image, "as_tensor") else image
+            out["image"] = image
             return out
 
     return LoadPreprocessd
@@ -250,13 +250,19 @@ def _load_preprocess_class() -> type:
 
 def prepare_transform(spec: PreprocessingSpec, input_size: Sequence[int]) -> Any:
     """The deterministic (cacheable) part: load, preprocess, pad to at least the input size."""
-    from monai.transforms import Compose, SpatialPadd
+    from monai.transforms import Compose, EnsureTyped, SpatialPadd
 
     return Compose([
         _load_preprocess_class()(spec),
         SpatialPadd("image", spatial_size=tuple(input_size), method="symmetric", mode="constant",
                     value=float(spec.background_value), allow_missing_keys=True),
+        _plain_tensor(EnsureTyped),
     ])
+
+
+def _plain_tensor(ensure_typed: type) -> Any:
+    # Training needs no metadata; MetaTensor's per-operation bookkeeping slowed small 3D batches ~2x.
+    return ensure_typed("image", data_type="tensor", track_meta=False, allow_missing_keys=True)
 
 
 def random_transform(input_size: Sequence[int], *, patches: bool,
@@ -264,6 +270,7 @@ def random_transform(input_size: Sequence[int], *, patches: bool,
     """The random part, run every epoch: a window of the input size (patches) and augmentations."""
     from monai.transforms import (
         Compose,
+        EnsureTyped,
         RandAffined,
         RandFlipd,
         RandGaussianNoised,
@@ -288,7 +295,7 @@ def random_transform(input_size: Sequence[int], *, patches: bool,
             steps.append(RandGaussianNoised("image", prob=aug.noise.prob, std=aug.noise.std))
         if aug.shift.prob > 0:
             steps.append(RandShiftIntensityd("image", offsets=aug.shift.offset, prob=aug.shift.prob))
-    return Compose(steps) if steps else None
+    return Compose([*steps, _plain_tensor(EnsureTyped)]) if steps else None
 
 
 def cached_dataset(items: Sequence[dict[str, Any]], prepare: Any, cache: str,

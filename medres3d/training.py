@@ -558,7 +558,7 @@ def _make_deterministic(seed: int, deterministic: bool, ctx: mdist.DistContext) 
     torch.manual_seed(seed)
     if deterministic:
         if ctx.device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
 

@@ -1,0 +1,57 @@
+"""Data-parallel training under torchrun: two CPU processes (gloo) end with identical weights."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from medres3d.io.readers import load_volume
+from medres3d.modelfile import read_model
+from medres3d.training import weights_sha256
+from medres3d.transforms import preprocess
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(small_dataset, tmp_path, make_config):
+    cfg = make_config(small_dataset, tmp_path / "run", epochs=2, device="cpu", population_bn_stats=True)
+    config_path = tmp_path / "ddp.yaml"
+    config_path.write_text(cfg.to_yaml())
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+               "-m", "medres3d.cli", "train", str(config_path), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("model: ") == 1  # only rank 0 reports
+
+    model = read_model(tmp_path / "run" / "model.safetensors")
+    provenance = model.training
+    assert provenance["world_size"] == 2
+    first, second = provenance["rank_weights_sha256"]
+    assert first == second == weights_sha256(model.net)
+    assert len(provenance["history"]) == 2 and provenance["final_metrics"]["val_accuracy"] is not None
+
+    # statistics all-reduced over both ranks' shards equal numpy over the whole training split
+    with open(small_dataset, newline="") as handle:
+        train = [r for r in csv.DictReader(handle) if r["split"] == "train"]
+    voxels = np.concatenate([
+        preprocess(load_volume(small_dataset.parent / r["path"]), model.preprocessing).numpy().ravel()
+        for r in train]).astype(np.float64)
+    for name, reference in (("mean", voxels.mean()), ("std", voxels.std()), ("min", voxels.min()),
+                            ("max", voxels.max())):
+        value = getattr(model.net.input, name).item()
+        assert abs(value - reference) <= np.spacing(np.float32(reference)), name
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["training"]["epochs"] == 2
