@@ -1,0 +1,42 @@
+"""Inference: sliding-window classification, the Classifier, evidence maps and batch runs.
+
+Names are imported lazily (as in :mod:`medres3d`), so ``import medres3d.inference`` stays light.
+
+Example:
+    >>> from medres3d.inference import Classifier
+    >>> clf = Classifier.load("model.safetensors")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "sliding_window_classify": "medres3d.inference.sliding_window",
+    "SlidingWindowResult": "medres3d.inference.sliding_window",
+    "aggregate_windows": "medres3d.inference.sliding_window",
+    "WindowGrid": "medres3d.inference.windows",
+    "Classifier": "medres3d.inference.classifier",
+    "Prediction": "medres3d.inference.classifier",
+    "EvidenceMap": "medres3d.inference.evidence",
+    "evidence_map": "medres3d.inference.evidence",
+    "discover": "medres3d.inference.batch",
+    "run_batch": "medres3d.inference.batch",
+    "read_results": "medres3d.inference.batch_output",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'medres3d.inference' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -90,3 +90,57 @@ def test_device_validation():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+def test_model_preprocessing_is_applied_and_evidence_lies_in_the_scan_world(tmp_path):
+    from medres3d.transforms import PreprocessingSpec, preprocess
+
+    spec = PreprocessingSpec.preset("ct", spacing=(2.0, 2.0, 2.0))
+    model = make_model_file(tmp_path / "ct.safetensors", preprocessing=spec)
+    affine = make_affine((1.0, 1.0, 2.0), flip=(True, True, False), origin=(15.0, 12.0, -30.0))
+    path = write_nifti(ct_phantom((36, 30, 14), lesion=True, seed=7), affine, tmp_path / "ct.nii.gz")
+    prediction = Classifier.load(model, device="cpu", evidence_cell_size=1).predict(path)
+
+    volume = load_volume(path)
+    prepared = preprocess(volume, spec)  # reference: the spec applied directly
+    reference = sliding_window_classify(prepared.as_tensor(), read_model(model).net, overlap=0.5)
+    np.testing.assert_allclose(
+        list(prediction.probabilities.values()), reference.probabilities.numpy(), rtol=1e-5
+    )
+    evidence = prediction.evidence
+    assert evidence.shape == tuple(prepared.shape[1:])
+    np.testing.assert_allclose(evidence.affine, np.asarray(prepared.affine), atol=1e-6)
+
+    # the preprocessed grid covers the same world box as the scan (RAS, mm), up to a voxel
+    def centre(shape, matrix):
+        return (matrix @ np.array([(s - 1) / 2 for s in shape] + [1.0]))[:3]
+
+    np.testing.assert_allclose(
+        centre(evidence.shape, evidence.affine), centre(volume.spatial_shape, affine), atol=2.0
+    )
+    in_scan = evidence.in_scan_grid()
+    assert in_scan.shape == volume.spatial_shape
+    np.testing.assert_allclose(in_scan.affine, affine)
+    assert np.all(in_scan.array.sum(axis=0)[2:-2, 2:-2, 1:-1] == pytest.approx(1.0, abs=1e-5))
+
+
+def test_cli_predict_json_and_table(model_file, scans, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from medres3d.cli import app
+
+    missing = tmp_path / "missing.nii.gz"
+    args = ["predict", str(model_file), str(scans[1]), str(missing), "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["status"] for r in records] == ["ok", "error"]
+    expected = Classifier.load(model_file, device="cpu").predict(scans[1])
+    assert records[0]["probabilities"] == pytest.approx(expected.probabilities)
+    assert records[0]["label"] == expected.label and "missing.nii.gz" in records[1]["error"]
+    table = CliRunner().invoke(app, args)
+    assert table.exit_code == 0 and expected.label in table.stdout and "error" in table.stdout
+    nothing = CliRunner().invoke(app, ["predict", str(model_file), str(missing), "--device", "cpu"])
+    assert nothing.exit_code == 1
