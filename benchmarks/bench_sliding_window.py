@@ -149,9 +149,13 @@ def main() -> None:
             f"{name:<18}{statistics.median(times[name]):>10.3f}{min(times[name]):>9.3f}"
             f"{max(memory[name]):>16.1f}"
         )
-    base, mine, monai = (statistics.median(times[n]) for n in methods)
-    print(f"medres3d / model-only = {mine / base:.3f}  (target <= 1.05)")
-    print(f"monai-workaround / medres3d = {monai / mine:.2f}x  (target >= 1.4)")
+    # on a shared machine the minimum (least disturbed repeat) is the steadiest estimate of cost
+    for statistic in (statistics.median, min):
+        base, mine, monai = (statistic(times[n]) for n in methods)
+        print(
+            f"{statistic.__name__:>6}: medres3d / model-only = {mine / base:.3f} (target <= 1.05); "
+            f"monai-workaround / medres3d = {monai / mine:.2f}x (target >= 1.4)"
+        )
     print(
         "max |p_medres3d - p_model_only| = "
         f"{(outputs['medres3d'] - outputs['model-only']).abs().max().item():.2e}"
