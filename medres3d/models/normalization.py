@@ -158,7 +158,9 @@ class _RunningStats:
 def _images(batch: Any) -> torch.Tensor:
     # DataLoaders often yield (images, labels) or dicts; the images come first / under "image".
     if isinstance(batch, dict):
-        batch = batch.get("image", batch.get("img"))
+        if "image" not in batch:
+            raise ConfigError(f"a dict batch needs an 'image' entry, got keys {sorted(batch)}")
+        batch = batch["image"]
     elif isinstance(batch, (tuple, list)):
         batch = batch[0]
     return torch.as_tensor(batch)

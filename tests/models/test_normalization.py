@@ -87,7 +87,8 @@ def test_fit_on_network_accepts_loader_style_batches_and_sets_net_input():
     [([], "batches iterable was empty"),
      ([torch.zeros(1, 2, 4, 4, 4)], "batch 0 has shape (1, 2, 4, 4, 4); expected (N, 1, H, W, D)"),
      ([torch.zeros(1, 1, 4, 4, 4), torch.zeros(4, 4, 4)], "batch 1 has shape (4, 4, 4)"),
-     ([torch.tensor([[[[[float("nan")]]]]])], "batch 0 contains NaN")],
+     ([torch.tensor([[[[[float("nan")]]]]])], "batch 0 contains NaN"),
+     ([{"img": torch.zeros(1, 1, 2, 2, 2)}], "needs an 'image' entry, got keys ['img']")],
 )
 def test_fit_errors_name_the_batch(batches, needle):
     with pytest.raises(ConfigError) as err:
