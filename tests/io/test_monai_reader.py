@@ -49,7 +49,7 @@ def test_dictionary_pipeline_reads_a_dicom_folder_and_reorients(tmp_path):
     np.testing.assert_array_equal(loaded.get_fdata(), expected.get_fdata())
     np.testing.assert_allclose(loaded.affine, expected.affine, atol=1e-4)
     # MONAI's Orientation works from the affine we put in the meta: same result as nibabel's
-    ras = Orientation(axcodes="RAS")(image)
+    ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
     np.testing.assert_array_equal(ras[0].numpy(), expected.get_fdata())
     np.testing.assert_allclose(ras.affine.numpy(), expected.affine, atol=1e-4)
 
