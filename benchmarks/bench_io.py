@@ -15,7 +15,7 @@ Benchmarks (``--only`` picks some; each is a ``bench_*`` function registered in 
   SimpleITK ``ImageSeriesReader`` vs MONAI ``LoadImage`` (PydicomReader; ITKReader when ``itk`` is
   installed).
 - ``dicom_scan``: header scan rate (files/s) over a tree of 3000 files: ``scan_dicom_tree``
-  (processes, threads, serial) vs SimpleITK/GDCM's series scan vs a plain pydicom loop.
+  (threads, serial, processes) vs SimpleITK/GDCM's series scan vs a plain pydicom loop.
 
 Usage:
     python benchmarks/bench_io.py                      # all benchmarks, 3 rounds
@@ -235,18 +235,10 @@ def bench_dicom_scan(workdir: Path, shape: tuple[int, int, int], repeats: int) -
                     found.append(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
         return found
 
-    def threads_only() -> dicom_scan.DicomScan:
-        saved = dicom_scan._PROCESS_MIN_FILES
-        dicom_scan._PROCESS_MIN_FILES = 10**9  # measure the thread pool on the same tree
-        try:
-            return dicom_scan.scan_dicom_tree(root)
-        finally:
-            dicom_scan._PROCESS_MIN_FILES = saved
-
     readers: dict[str, Reader] = {
-        "medres3d scan_dicom_tree (default: processes)": lambda: dicom_scan.scan_dicom_tree(root),
-        "medres3d scan_dicom_tree (threads)": threads_only,
+        "medres3d scan_dicom_tree (default: threads)": lambda: dicom_scan.scan_dicom_tree(root),
         "medres3d scan_dicom_tree (workers=1)": lambda: dicom_scan.scan_dicom_tree(root, workers=1),
+        "medres3d scan_dicom_tree (processes=True)": lambda: dicom_scan.scan_dicom_tree(root, processes=True),
         "SimpleITK/GDCM series IDs + file names, per folder": gdcm_scan,
         "pydicom dcmread(stop_before_pixels) loop": lambda: [
             pydicom.dcmread(p, stop_before_pixels=True) for p in dicom_scan.list_files(root, True)
@@ -259,7 +251,7 @@ def bench_dicom_scan(workdir: Path, shape: tuple[int, int, int], repeats: int) -
         raise RuntimeError("SimpleITK/GDCM did not find every file")
     runs = time_alternately(readers, repeats)
     title = f"DICOM header scan: {num_files} files in 30 series folders (64x64 CT), {repeats} rounds"
-    lines = report(title, runs, baseline="medres3d scan_dicom_tree (default: processes)")
+    lines = report(title, runs, baseline="medres3d scan_dicom_tree (default: threads)")
     rates = {name: num_files / statistics.median(s for s, _ in samples) for name, samples in runs.items()}
     lines += [f"- {name}: {rate:,.0f} files/s" for name, rate in rates.items()]
     return [*lines, ""]

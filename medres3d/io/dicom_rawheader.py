@@ -102,14 +102,44 @@ def _parse(buf: _Buffer, wanted: Mapping[int, tuple[str, bool]]) -> tuple[dict[s
         raise _Unsupported(f"dataset encoding of {syntax}")
     implicit = syntax == ImplicitVRLittleEndian
     values: dict[str, Any] = {"TransferSyntaxUID": str(syntax)}
-    while True:
-        group, elem = _TAG.unpack(buf.get(pos, 4))
-        if (group << 16 | elem) in _PIXEL_TAGS:
-            break
-        pos = _element(buf, pos, implicit, wanted, values, 0)
+    pos = _dataset(buf, pos, implicit, wanted, values)
     if not values.get("SOPClassUID"):
         values["SOPClassUID"] = meta.get("MediaStorageSOPClassUID", "")
     return values, pos
+
+
+def _dataset(
+    buf: _Buffer, pos: int, implicit: bool, wanted: Mapping[int, tuple[str, bool]], out: dict
+) -> int:
+    """Walk the top-level elements up to the pixel data; return its offset.
+
+    The hot loop of a scan: elements whose header and value lie in the buffered chunk are parsed
+    inline; the rest (values beyond the chunk, undefined lengths) go through :func:`_element`.
+    """
+    unpack_tag, unpack_u16, unpack_u32 = _TAG.unpack_from, _U16.unpack_from, _U32.unpack_from
+    while True:
+        buf.get(pos, 12 if pos + 12 <= buf.start + len(buf.data) else 8)  # make the header resident
+        data, off = buf.data, pos - buf.start
+        group, elem = unpack_tag(data, off)
+        tag = group << 16 | elem
+        if tag in _PIXEL_TAGS:
+            return pos
+        if implicit:
+            length, start = unpack_u32(data, off + 4)[0], off + 8
+        elif data[off + 4 : off + 6] in _LONG_VRS:
+            if off + 12 > len(data) or data[off + 4 : off + 6] == b"UN":
+                pos = _element(buf, pos, implicit, wanted, out, 0)
+                continue
+            length, start = unpack_u32(data, off + 8)[0], off + 12
+        else:
+            length, start = unpack_u16(data, off + 6)[0], off + 8
+        if length == _UNDEFINED or (tag in wanted and start + length > len(data)):
+            pos = _element(buf, pos, implicit, wanted, out, 0)
+            continue
+        if tag in wanted:
+            keyword, unsigned_short = wanted[tag]
+            out[keyword] = _value(data[start : start + length], unsigned_short)
+        pos += start - off + length
 
 
 def _element(

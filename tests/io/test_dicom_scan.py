@@ -7,7 +7,6 @@ import pydicom
 import pytest
 
 from medres3d.errors import CorruptFileError, NotAnImageError
-from medres3d.io import dicom_scan
 from medres3d.io.dicom import MultipleSeriesError, load_dicom_series, scan_dicom_tree
 from medres3d.synthetic import (
     make_affine,
@@ -181,12 +180,11 @@ def test_messy_tree(tmp_path):
             assert series.load().spatial_shape == written[series.uid].shape
 
 
-def test_process_pool_scan_equals_serial_scan(tmp_path, monkeypatch):
+def test_process_pool_scan_equals_serial_scan(tmp_path):
     write_dicom_series(_volume(7), make_affine(), tmp_path / "a")
     write_dicom_series(_volume(8), make_affine((1, 1, 2), "coronal"), tmp_path / "b")
     serial = scan_dicom_tree(tmp_path, workers=1)
-    monkeypatch.setattr(dicom_scan, "_PROCESS_MIN_FILES", 8)
-    parallel = scan_dicom_tree(tmp_path, workers=2)
+    parallel = scan_dicom_tree(tmp_path, workers=2, processes=True)
     assert [s.files for s in parallel.series] == [s.files for s in serial.series]
     assert [s.headers for s in parallel.series] == [s.headers for s in serial.series]
 
