@@ -135,8 +135,11 @@ def _check_file_start(path: Path) -> None:
         raise CorruptFileError(path, f"cannot open: {err.strerror or err}") from err
     if not start:
         raise CorruptFileError(path, "file is empty (0 bytes)")
-    if path.name.lower().endswith(".gz") and start != _GZIP_MAGIC:
+    compressed_name = path.name.lower().endswith(".gz")
+    if compressed_name and start != _GZIP_MAGIC:
         raise CorruptFileError(path, f"named .gz but not gzip-compressed (starts with {start!r})")
+    if not compressed_name and start == _GZIP_MAGIC:
+        raise CorruptFileError(path, "gzip-compressed but named .nii; rename it to .nii.gz")
 
 
 def _checked_shape(header, path: Path) -> tuple[int, ...]:

@@ -174,6 +174,7 @@ def test_damaged_files_are_corrupt_file_errors(tmp_path):
         "empty.nii": (b"", "empty"),
         "text.nii": (b"this is not an image\n" * 40, "not a readable NIfTI header"),
         "plain.nii.gz": (raw, "not gzip-compressed"),
+        "packed.nii": (gzip.compress(raw), "rename it to .nii.gz"),
         "truncated.nii": (raw[: len(raw) - 100], "truncated"),
         "truncated.nii.gz": (gzip.compress(raw)[:1200], "truncated"),
         "cut_trailer.nii.gz": (gzip.compress(raw)[:-4], "truncated"),

@@ -68,6 +68,19 @@ def test_to_nifti_round_trip_is_lossless(tmp_path, dtype, channels):
     np.testing.assert_allclose(img.header.get_qform(), affine, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "int16"])
+def test_to_nifti_then_load_volume_gives_the_volume_back(tmp_path, dtype):
+    from medres3d.io.readers import load_volume
+
+    array = (np.random.default_rng(5).normal(size=(2, 4, 5, 6)) * 50).astype(dtype)
+    vol = Volume(array, _oblique_affine(), modality="MR")
+    vol.to_nifti(tmp_path / "v.nii.gz")
+    back = load_volume(tmp_path / "v.nii.gz", dtype="native")
+    assert back.array.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(back.array, array)
+    np.testing.assert_allclose(back.affine, vol.affine, rtol=0, atol=1e-5)
+
+
 def test_to_nifti_widens_bool(tmp_path):
     array = np.zeros((1, 2, 3, 4), bool)
     array[0, 1, 2, 3] = True
