@@ -384,8 +384,6 @@ class Classifier:
                 num_workers=workers,
                 prefetch_factor=prefetch,
                 collate_fn=_identity,
-                pin_memory=self.device.type == "cuda",
-                persistent_workers=False,
             )
         for item in items:
             yield self._predict_item(item)
