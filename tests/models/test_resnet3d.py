@@ -179,3 +179,14 @@ def test_forward_features_head_and_reset_classifier():
 def test_resnet3d_rejects_non_config():
     with pytest.raises(ConfigError, match="ResNet3DConfig"):
         ResNet3D({"input_size": (32, 32, 32)})  # type: ignore[arg-type]
+
+
+def test_public_names_are_exported_lazily_from_the_package():
+    import medres3d as mr
+    from medres3d.models.analysis import LayerInfo, NetworkAnalysis, analyze
+    from medres3d.models.normalization import InputNormalization, fit_normalization
+    from medres3d.models.options import ResNet3DConfig
+
+    assert (mr.resnet3d, mr.ResNet3D, mr.ResNet3DConfig) == (resnet3d, ResNet3D, ResNet3DConfig)
+    assert (mr.InputNormalization, mr.fit_normalization) == (InputNormalization, fit_normalization)
+    assert (mr.analyze, mr.NetworkAnalysis, mr.LayerInfo) == (analyze, NetworkAnalysis, LayerInfo)
