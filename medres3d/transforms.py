@@ -122,11 +122,11 @@ class PreprocessingSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (lists, floats, strings, None) that :meth:`from_dict` reads back."""
-        return {
-            f.name: list(value) if isinstance(value, tuple) else value
-            for f in dataclasses.fields(self)
-            for value in [getattr(self, f.name)]
-        }
+        data: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = list(value) if isinstance(value, tuple) else value
+        return data
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -270,7 +270,9 @@ def _orientation(value: Any) -> str | None:
     if not isinstance(value, str) or len(value) != 3:
         raise ConfigError(f"orientation must be 3 axis codes like 'RAS' or None, got {value!r}")
     code = value.upper()
-    if sorted(next((i for i, pair in enumerate(_AXIS_PAIRS) if c in pair), -1) for c in code) != [0, 1, 2]:
+    # index of the L/R, P/A or I/S pair each letter belongs to (-1: none); each pair exactly once
+    pair_of = [next((i for i, pair in enumerate(_AXIS_PAIRS) if letter in pair), -1) for letter in code]
+    if sorted(pair_of) != [0, 1, 2]:
         raise ConfigError(
             f"orientation {value!r} must hold one letter of each pair L/R, P/A, I/S (e.g. 'RAS', 'LPS')"
         )
