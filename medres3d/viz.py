@@ -187,8 +187,10 @@ def plot_orthogonal(
 
     Args:
         image, affine, point, channel, overlay: as :func:`orthogonal_slices`.
-        axes: three matplotlib axes to draw on (e.g. one row of a larger grid); default a new figure.
-        title: the row's title (figure title for a new figure, else on the middle panel's left).
+        axes: three matplotlib axes to draw on; default a new figure. For several rows in one figure,
+            give each row its own ``fig.subfigures(rows, 1)[r].subplots(1, 3)``, so that the
+            title and the colour bars belong to the row.
+        title: the (sub)figure's title.
         cmap, vmin, vmax: the image's colour map and range (default the 1st..99th percentile).
         colorbar_label: label of the image's colour bar (e.g. "HU").
         overlay_cmap, overlay_range, overlay_alpha, overlay_label: how the overlay is drawn.
@@ -208,15 +210,11 @@ def plot_orthogonal(
     views = orthogonal_slices(image, affine, point=point, overlay=overlay, channel=channel)
     if axes is None:
         figure, axes = plt.subplots(1, 3, figsize=(13, 4.6), constrained_layout=True)
-        if title:
-            figure.suptitle(title, fontsize=13)
-    else:
-        if len(axes) != 3:
-            raise ConfigError(f"axes must be three matplotlib axes (axial, coronal, sagittal), "
-                              f"got {len(axes)}")
-        figure = axes[0].figure
-        if title:
-            axes[1].set_title(title + "\n", fontsize=12, loc="center")
+    elif len(axes) != 3:
+        raise ConfigError(f"axes must be three matplotlib axes (axial, coronal, sagittal), got {len(axes)}")
+    figure = axes[0].figure  # a SubFigure for axes of fig.subfigures(...), so each row has its own title
+    if title:
+        figure.suptitle(title, fontsize=13)
     if vmin is None or vmax is None:
         values = np.concatenate([v.image.ravel() for v in views])
         low, high = np.percentile(values, [1, 99])
