@@ -246,3 +246,26 @@ def test_singular_affine_is_corrupt(tmp_path):
     nib.save(img, tmp_path / "z.nii")
     with pytest.raises(CorruptFileError, match="singular"):
         load_nifti(tmp_path / "z.nii")
+
+
+def test_random_header_damage_gives_only_project_errors(tmp_path):
+    # bytes changed anywhere in the header: the load succeeds or raises a MedRes3DError, never
+    # an IndexError/struct.error/... from deep inside nibabel or numpy
+    from medres3d.errors import MedRes3DError
+
+    raw = _tiny_nifti_bytes(tmp_path)
+    rng = np.random.default_rng(7)
+    outcomes: dict[str, int] = {}
+    for i in range(120):
+        damaged = bytearray(raw)
+        for position in rng.integers(0, 352, size=rng.integers(1, 6)):
+            damaged[position] = rng.integers(0, 256)
+        path = tmp_path / ("f.nii.gz" if i % 2 else "f.nii")
+        path.write_bytes(gzip.compress(bytes(damaged)) if i % 2 else bytes(damaged))
+        try:
+            load_nifti(path, max_voxels=10**7)
+            outcome = "loaded"
+        except MedRes3DError as err:
+            outcome = type(err).__name__
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert outcomes.get("loaded", 0) > 0 and outcomes.get("CorruptFileError", 0) > 0, outcomes
