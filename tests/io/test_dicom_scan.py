@@ -189,6 +189,7 @@ def test_process_pool_scan_equals_serial_scan(tmp_path):
     assert [s.headers for s in parallel.series] == [s.headers for s in serial.series]
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's complaints about its odd test files
 def test_fast_header_parser_agrees_with_pydicom(tmp_path):
     from pydicom.data import get_testdata_file
     from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless
