@@ -112,6 +112,9 @@ class DicomSeries:
         """True for a single multi-frame file (Enhanced CT/MR, RT Dose)."""
         return len(self.headers) == 1 and self.headers[0].is_multiframe
 
+    def __repr__(self) -> str:  # the file list would drown the rest
+        return f"DicomSeries({self.summary()})"
+
     def summary(self) -> str:
         """One line for listings and error messages."""
         what = "localizer " if self.is_localizer else ""

@@ -217,3 +217,13 @@ def test_list_of_files_and_any_number_of_workers_give_the_same_volume(tmp_path):
         vol = series.load(workers=workers)
         np.testing.assert_array_equal(vol.array[0], array)
         np.testing.assert_allclose(vol.affine, from_files.affine)
+
+
+def test_absurd_image_size_is_a_corrupt_header(tmp_path):
+    files = write_dicom_series(_volume(15), make_affine(), tmp_path)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.Rows = 0
+        ds.save_as(path)
+    with pytest.raises(CorruptFileError, match=r"Rows=0 is not a valid image size \(1\.\.65535\)"):
+        load_dicom_series(tmp_path)
