@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,7 @@ def read_header(path: str | os.PathLike[str], fast: bool = True) -> FileHeader |
                     return SkippedFile(path, "file is truncated: it ends before the pixel data", "unreadable")
     except OSError as err:
         return SkippedFile(path, f"cannot read file: {err.strerror or err}", "unreadable")
-    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, struct.error) as err:
+    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, struct.error, zlib.error) as err:
         return SkippedFile(path, f"unreadable DICOM header: {err}", "unreadable")
     values = {kw: ds.get(kw) for kw in SCAN_TAGS if kw in ds}
     values["SOPClassUID"] = _sop_class(ds)
