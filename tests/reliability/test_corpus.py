@@ -18,7 +18,7 @@ from typing import Any
 import corpus as c
 import numpy as np
 import pytest
-from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless
 
 from medres3d.errors import (
     CorruptFileError,
@@ -179,6 +179,16 @@ def _rgb_dicom(tmp: Path) -> Path:
     return c.edit_dicom(files[0], edit)
 
 
+def _corrupt_deflated(tmp: Path) -> Path:
+    """A Deflated Explicit VR file whose deflate stream is damaged after the file meta."""
+    path = c.dicom_series(tmp / "s", transfer_syntax=DeflatedExplicitVRLittleEndian)[0]
+    data = bytearray(path.read_bytes())
+    # the deflate stream starts after the file meta group, whose length is the value at 140..144;
+    # a first byte of 0xFF declares the reserved block type 3
+    data[144 + int.from_bytes(data[140:144], "little")] = 0xFF
+    return c.write_bytes(path, bytes(data))
+
+
 def _truncated_j2k(tmp: Path):
     folder = tmp / "j2k"
     array = c.ct_phantom((32, 32, 4), seed=1)
@@ -323,6 +333,9 @@ CASES: dict[str, Case] = {
     ),
     "dcm-truncated-in-pixels": Case(
         _enhanced_then(lambda p: c.truncate(p, c.pixel_data_offset(p) + 100)), CorruptFileError, r"truncated"
+    ),
+    "dcm-deflated-corrupt": Case(
+        _corrupt_deflated, CorruptFileError, r"unreadable DICOM header: Error -3 .*invalid block type"
     ),
     "dcm-huge-dims": Case(
         _enhanced_then(lambda p: c.edit_dicom(p, _huge_enhanced)), ResourceLimitError, r"voxels"
