@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medres3d.errors import SeriesGeometryError
 from medres3d.io.dicom_geometry import plan_stack
@@ -95,3 +97,25 @@ def test_single_slice_plan_has_one_grid_slice():
 def test_invalid_geometry_raises_with_the_reason(orientation, spacing, positions, words):
     with pytest.raises(SeriesGeometryError, match=words):
         plan_stack(np.array(positions, dtype=float), orientation, spacing, ["a", "b"], where="series/")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    angles=st.tuples(*[st.floats(-3.1, 3.1)] * 3),
+    spacing=st.floats(0.2, 8.0),
+    num=st.integers(2, 12),
+    seed=st.integers(0, 2**16),
+)
+def test_any_rotation_and_shuffle_recovers_the_grid(angles, spacing, num, seed):
+    from scipy.spatial.transform import Rotation
+
+    rot = Rotation.from_euler("xyz", angles).as_matrix()
+    row, col, normal = rot[:, 0], rot[:, 1], rot[:, 2]
+    origin = np.array([12.0, -7.0, 30.0])
+    order = np.random.default_rng(seed).permutation(num)
+    pos = np.array([origin + k * spacing * normal for k in order])
+    plan = plan_stack(pos, (*row, *col), (0.5, 0.6), _labels(num))
+    assert [order[src] for src, _ in plan.slices] == list(range(num))
+    assert plan.warnings == [] and plan.missing == [] and plan.duplicates == []
+    np.testing.assert_allclose(plan.affine_lps[:3, 2], spacing * normal, atol=1e-9)
+    np.testing.assert_allclose(plan.affine_lps[:3, 3], origin, atol=1e-9)
