@@ -72,6 +72,7 @@ def test_state_dict_round_trip_through_safetensors_keeps_weights_and_statistics(
     torch.testing.assert_close(fresh(x), net(x))
 
 
+@pytest.mark.slow
 def test_torch_export_round_trip_matches_eager(tmp_path):
     # torch.export replaces TorchScript (deprecated in this torch); the exported program is what
     # ONNX (dynamo), ExecuTorch and AOTInductor consume.
