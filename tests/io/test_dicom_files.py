@@ -175,3 +175,15 @@ def test_truncated_pixel_data_of_shipped_file():
     header = read_header(get_testdata_file("MR_truncated.dcm"))
     with pytest.raises(CorruptFileError, match="truncated"):
         read_frames(header)
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached:UserWarning")  # pydicom's, before our error
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
+def test_undecodable_compressed_slice_names_the_file(tmp_path, syntax):
+    array = np.rint(ct_phantom((32, 32, 4), lesion=False, seed=2))
+    files = write_dicom_series(array, make_affine(), tmp_path, transfer_syntax=syntax, shuffle_names=False)
+    with open(files[2], "r+b") as fp:
+        fp.truncate(fp.seek(0, 2) - 60)
+    with pytest.raises(CorruptFileError, match="cannot decode pixel data") as info:
+        load_dicom_series(tmp_path)
+    assert info.value.path == str(files[2])
