@@ -234,8 +234,8 @@ def build_volume(
     warnings += _check_duplicates(plan, sources, buffer, rows, cols, strict, where)
     warnings += plan.warnings
     if plan.missing:
-        kept = [k for _, k in plan.slices]
-        buffer[plan.missing] = buffer[kept].min()
+        # slice by slice: buffer[kept].min() would copy the whole volume first
+        buffer[plan.missing] = min(buffer[k].min() for _, k in plan.slices)
     if dtype_note:
         warnings.append(dtype_note)
     if template.photometric == "MONOCHROME1":
