@@ -24,7 +24,13 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from medres3d.errors import CorruptFileError, NotAnImageError, UnsupportedFormatError, VolumeLoadError
+from medres3d.errors import (
+    CorruptFileError,
+    NotAnImageError,
+    ResourceLimitError,
+    UnsupportedFormatError,
+    VolumeLoadError,
+)
 from medres3d.io.dicom_header import FileHeader, SkippedFile, read_header
 from medres3d.io.dicom_multiframe import load_multiframe
 from medres3d.io.dicom_scan import DicomScan, DicomSeries, find_dicom_series, scan_dicom_tree, scan_files
@@ -51,6 +57,7 @@ _SKIP_ERRORS: dict[str, type[VolumeLoadError]] = {
     "unreadable": CorruptFileError,
     "non-image": NotAnImageError,
     "unsupported": UnsupportedFormatError,
+    "resource": ResourceLimitError,
 }
 
 

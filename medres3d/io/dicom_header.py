@@ -20,7 +20,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -57,6 +57,9 @@ _BARE_DATASET_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 NATIVE_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian})
 
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"
+# Largest inflated dataset of a Deflated Explicit VR file that is parsed (see _inflates_beyond);
+# the syntax is used for small objects (SR, single slices), not for large volumes.
+MAX_INFLATED_BYTES = 2**28
 # SOP classes that carry no volume even when they hold pixel data (SEG is a label map, not a scan).
 _NON_IMAGE_WORDS = (
     "SR Storage", "Presentation State", "Key Object", "Segmentation", "Structure Set", "RT Plan",
@@ -75,8 +78,8 @@ class SkippedFile:
     Attributes:
         path: the file.
         reason: a human explanation (e.g. "not an image: Segmentation Storage (SEG)").
-        kind: "empty", "not-dicom", "unreadable", "non-image" or "unsupported"; tells which error
-            a direct load of this file raises.
+        kind: "empty", "not-dicom", "unreadable", "non-image", "unsupported" or "resource"; tells
+            which error a direct load of this file raises.
     """
 
     path: Path
@@ -168,6 +171,13 @@ def read_header(path: str | os.PathLike[str], fast: bool = True) -> FileHeader |
                 if parsed is not None:
                     return _classify(path, parsed[0], True, parsed[1])
                 fp.seek(0)
+            if has_prefix and _inflates_beyond(fp, MAX_INFLATED_BYTES):
+                reason = (
+                    f"its Deflated dataset inflates to more than {MAX_INFLATED_BYTES} bytes (a deflate "
+                    "bomb?); refused before inflating it"
+                )
+                return SkippedFile(path, reason, "resource")
+            fp.seek(0)
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not has_prefix, specific_tags=SCAN_TAGS)
             pixel_offset: int | None = fp.tell()
             size = os.fstat(fp.fileno()).st_size
@@ -198,6 +208,30 @@ def _sop_class(ds: pydicom.Dataset) -> str:
     meta = getattr(ds, "file_meta", None)
     media = meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""
     return str(ds.get("SOPClassUID", "") or media or "")
+
+
+def _inflates_beyond(fp: BinaryIO, limit: int) -> bool:
+    """True when a Deflated Explicit VR file's dataset inflates to more than ``limit`` bytes.
+
+    pydicom inflates such a dataset whole, pixel data included, before it can stop at the pixels:
+    a 1 MB file can claim gigabytes. The size is counted here in bounded steps, keeping nothing.
+    """
+    fp.seek(132)
+    group_length = fp.read(12)
+    if group_length[:6] != b"\x02\x00\x00\x00UL":
+        return False  # no meta group length: not the layout of a Deflated file that pydicom inflates
+    meta = fp.read(int.from_bytes(group_length[8:12], "little"))
+    if DeflatedExplicitVRLittleEndian.encode() not in meta:
+        return False
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    while (chunk := fp.read(1 << 20)) and not inflater.eof:
+        while chunk:
+            total += len(inflater.decompress(chunk, 1 << 24))
+            chunk = inflater.unconsumed_tail
+            if total > limit:
+                return True
+    return False
 
 
 def _transfer_syntax(ds: pydicom.Dataset) -> str:
