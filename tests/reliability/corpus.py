@@ -18,6 +18,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
+import pydicom.filebase
+import pydicom.filewriter
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from medres3d.synthetic import (
     centered_origin,
@@ -173,3 +176,31 @@ def garbage(path: Path, size: int = 4096, seed: int = 0) -> Path:
 
 def list_dir(folder: Path) -> list[str]:
     return sorted(os.listdir(folder))
+
+
+def deflated_dicom_bomb(path: Path, inflated_bytes: int) -> Path:
+    """A Deflated Explicit VR Little Endian file (~1 MB per GB) whose dataset inflates to ``inflated_bytes``.
+
+    The dataset is a CT slice header followed by a PixelData element of zeros. Its raw deflate
+    stream is built from one compressed 64 MiB block repeated: after ``Z_FULL_FLUSH`` the compressor
+    starts afresh, so every further block of zeros compresses to the same bytes.
+    """
+    template = dicom_series(path.parent / f".{path.name}.tmp", transfer_syntax=ExplicitVRLittleEndian)[0]
+    ds = pydicom.dcmread(template)
+    for leftover in template.parent.iterdir():
+        leftover.unlink()
+    template.parent.rmdir()
+    del ds.PixelData
+    body = io.BytesIO()
+    pydicom.filewriter.write_dataset(pydicom.filebase.DicomFileLike(body), ds)  # explicit VR LE
+    block = 64 * 2**20
+    count = max(1, inflated_bytes // block)
+    element = b"\xe0\x7f\x10\x00OB\x00\x00" + (count * block).to_bytes(4, "little")
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    head = deflate.compress(body.getvalue() + element) + deflate.flush(zlib.Z_FULL_FLUSH)
+    zeros = deflate.compress(bytes(block)) + deflate.flush(zlib.Z_FULL_FLUSH)
+    tail = deflate.flush(zlib.Z_FINISH)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta = io.BytesIO()
+    pydicom.filewriter.write_file_meta_info(pydicom.filebase.DicomFileLike(meta), ds.file_meta)
+    return write_bytes(path, b"\0" * 128 + b"DICM" + meta.getvalue() + head + zeros * count + tail)

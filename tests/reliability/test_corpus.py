@@ -337,6 +337,11 @@ CASES: dict[str, Case] = {
     "dcm-deflated-corrupt": Case(
         _corrupt_deflated, CorruptFileError, r"unreadable DICOM header: Error -3 .*invalid block type"
     ),
+    "dcm-deflate-bomb": Case(
+        lambda tmp: c.deflated_dicom_bomb(tmp / "bomb.dcm", 2**30),
+        ResourceLimitError,
+        r"Deflated dataset inflates to more than \d+ bytes",
+    ),
     "dcm-huge-dims": Case(
         _enhanced_then(lambda p: c.edit_dicom(p, _huge_enhanced)), ResourceLimitError, r"voxels"
     ),
