@@ -71,7 +71,8 @@ def _padded(image: np.ndarray, size, value: float) -> np.ndarray:
 def test_normalization_statistics_match_numpy(small_dataset, tmp_path, make_config):
     # Validation accuracy cannot improve by more than 0.5: early stopping ends the run at epoch 2.
     stopping = {"patience": 1, "metric": "val_accuracy", "min_delta": 0.5}
-    cfg = make_config(small_dataset, tmp_path / "run", epochs=5, patches=True, early_stopping=stopping)
+    cfg = make_config(small_dataset, tmp_path / "run", epochs=5, patches=True, early_stopping=stopping,
+                      population_bn_stats=False)
     result = Trainer(cfg, progress=False).fit()
     assert result.stopped_early and result.epochs_run == 2 and result.best_epoch == 1
     best = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["best_state"]
