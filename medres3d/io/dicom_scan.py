@@ -29,9 +29,11 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
+import stat
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -174,13 +176,17 @@ def scan_dicom_tree(
         >>> for s in scan.skipped: print(s.path, s.reason)       # doctest: +SKIP
     """
     root = Path(root)
+    irregular: list[SkippedFile] = []
     if root.is_file():
         paths = [root]
     elif root.is_dir():
-        paths = list_files(root, recursive)
+        paths = list_files(root, recursive, irregular)
     else:
         raise CorruptFileError(root, "no such file or folder")
-    return scan_files(paths, workers, processes=processes)
+    scan = scan_files(paths, workers, processes=processes)
+    if not irregular:
+        return scan
+    return DicomScan(scan.series, sorted(scan.skipped + irregular, key=lambda s: str(s.path)))
 
 
 def find_dicom_series(root: str | os.PathLike[str], recursive: bool = True) -> list[DicomSeries]:
@@ -194,14 +200,46 @@ def find_dicom_series(root: str | os.PathLike[str], recursive: bool = True) -> l
     return scan_dicom_tree(root, recursive).series
 
 
-def list_files(root: Path, recursive: bool) -> list[Path]:
-    """Every regular file under ``root`` (symlinked folders not followed), sorted by path."""
-    if not recursive:
-        return sorted(p for p in root.iterdir() if p.is_file())
+def list_files(root: Path, recursive: bool, irregular: list[SkippedFile] | None = None) -> list[Path]:
+    """Every regular file under ``root``, sorted by path; symlinked folders are not followed.
+
+    Entries that are not regular files (dangling or looping links, links to folders, FIFOs,
+    sockets, devices) are never opened (a FIFO would block the reader); they are appended to
+    ``irregular`` with the reason, when given.
+    """
     found: list[Path] = []
-    for folder, _dirs, names in os.walk(root):
-        found.extend(Path(folder, name) for name in names)
-    return sorted(p for p in found if p.is_file())
+    if recursive:
+        for folder, dirs, names in os.walk(root):
+            found.extend(Path(folder, name) for name in names)
+            # os.walk lists links to folders among the folders, and does not follow them
+            found.extend(Path(folder, name) for name in dirs if os.path.islink(os.path.join(folder, name)))
+    else:
+        found = [p for p in root.iterdir() if not p.is_dir() or p.is_symlink()]
+    files = []
+    for path in sorted(found):
+        reason = _irregular_reason(path)
+        if reason is None:
+            files.append(path)
+        elif irregular is not None:
+            irregular.append(SkippedFile(path, reason, "unreadable"))
+    return files
+
+
+def _irregular_reason(path: Path) -> str | None:
+    """Why ``path`` is not a regular file to read, or None when it is one."""
+    try:
+        mode = path.stat().st_mode  # follows links
+    except OSError as err:
+        if path.is_symlink():
+            kind = "symbolic link loop" if err.errno == errno.ELOOP else "dangling symbolic link"
+            return f"{kind}: {err.strerror or err}"
+        return f"cannot read file: {err.strerror or err}"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "symbolic link to a folder, not followed"
+    kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device or special file"
+    return f"not a regular file ({kind}); not opened"
 
 
 def scan_files(paths: Sequence[Path], workers: int | None = None, *, processes: bool = False) -> DicomScan:

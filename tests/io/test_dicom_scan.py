@@ -219,3 +219,24 @@ def test_fast_header_parser_agrees_with_pydicom(tmp_path):
     for path in (tmp_path / "undefined.dcm", tmp_path / "enh.dcm", next((tmp_path / "implicit").iterdir())):
         with open(path, "rb") as fp:  # these go through the fast parser, not the pydicom fallback
             assert parse_header(fp, tag_table(["Rows"]))[0]["Rows"] in (4, 32, 5), path.name
+
+
+def test_entries_that_are_not_regular_files_are_reported_not_opened(tmp_path):
+    import os
+
+    array = _volume(10)
+    write_dicom_series(array, make_affine(), tmp_path / "ct")
+    os.symlink("loop.dcm", tmp_path / "loop.dcm")
+    os.symlink(tmp_path / "gone.dcm", tmp_path / "dangling.dcm")
+    os.symlink(tmp_path, tmp_path / "ct" / "up")
+    os.mkfifo(tmp_path / "pipe.dcm")  # opening it would block forever
+
+    scan = scan_dicom_tree(tmp_path)
+
+    reasons = {s.path.name: s.reason for s in scan.skipped}
+    assert reasons["loop.dcm"].startswith("symbolic link loop")
+    assert reasons["dangling.dcm"].startswith("dangling symbolic link")
+    assert reasons["up"] == "symbolic link to a folder, not followed"
+    assert reasons["pipe.dcm"] == "not a regular file (FIFO); not opened"
+    (series,) = scan.series
+    np.testing.assert_array_equal(series.load().array[0], array)
