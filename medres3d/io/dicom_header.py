@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -57,6 +57,11 @@ _BARE_DATASET_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 NATIVE_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian})
 
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"
+# What pydicom raises on damaged headers (several found by fuzzing: tests/reliability, fuzz/).
+_HEADER_ERRORS = (
+    InvalidDicomError, BytesLengthException, ValueError, EOFError, KeyError, TypeError,
+    struct.error, zlib.error,
+)  # fmt: skip
 # Largest inflated dataset of a Deflated Explicit VR file that is parsed (see _inflates_beyond);
 # the syntax is used for small objects (SR, single slices), not for large volumes.
 MAX_INFLATED_BYTES = 2**28
@@ -196,7 +201,7 @@ def read_header(path: str | os.PathLike[str], fast: bool = True) -> FileHeader |
                     return SkippedFile(path, "file is truncated: it ends before the pixel data", "unreadable")
     except OSError as err:
         return SkippedFile(path, f"cannot read file: {err.strerror or err}", "unreadable")
-    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, struct.error, zlib.error) as err:
+    except _HEADER_ERRORS as err:
         return SkippedFile(path, f"unreadable DICOM header: {err}", "unreadable")
     values = {kw: ds.get(kw) for kw in SCAN_TAGS if kw in ds}
     values["SOPClassUID"] = _sop_class(ds)
