@@ -189,6 +189,13 @@ def _corrupt_deflated(tmp: Path) -> Path:
     return c.write_bytes(path, bytes(data))
 
 
+def _bad_meta_length(path: Path) -> None:
+    """The file meta group length element (UL, 4 bytes) declares a 6-byte value."""
+    data = bytearray(path.read_bytes())
+    data[138:140] = (6).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+
+
 def _truncated_j2k(tmp: Path):
     folder = tmp / "j2k"
     array = c.ct_phantom((32, 32, 4), seed=1)
@@ -341,6 +348,9 @@ CASES: dict[str, Case] = {
         lambda tmp: c.deflated_dicom_bomb(tmp / "bomb.dcm", 2**30),
         ResourceLimitError,
         r"Deflated dataset inflates to more than \d+ bytes",
+    ),
+    "dcm-bad-value-length": Case(
+        _enhanced_then(_bad_meta_length), CorruptFileError, r"unreadable DICOM header: .*bytes per value"
     ),
     "dcm-huge-dims": Case(
         _enhanced_then(lambda p: c.edit_dicom(p, _huge_enhanced)), ResourceLimitError, r"voxels"
