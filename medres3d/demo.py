@@ -35,16 +35,23 @@ SPACING_MM = 2.0
 class DemoSettings:
     """The sizes of one demo run."""
 
-    num_cases: int  # phantoms in the labelled set (train/val/test 70/15/15)
-    shape: tuple[int, int, int]  # phantom and network input size (voxels of SPACING_MM)
+    num_cases: int  # labelled windows (train/val/test 70/15/15)
+    shape: tuple[int, int, int]  # network input size, voxels of SPACING_MM
     num_filters: tuple[int, int]  # filters of the two residual stacks
     epochs: int
-    large_shape: tuple[int, int, int]  # the volume classified with sliding windows
-    tree_shape: tuple[int, int, int]  # series of the DICOM tree
+    body_shape: tuple[int, int, int]  # full phantom size: training windows are cut from such bodies,
+    # the large volume classified with sliding windows is one, the DICOM tree's series cover one
+    overlap: float  # of the sliding windows on the large volume (more: a finer evidence map)
+
+    @property
+    def tree_shape(self) -> tuple[int, int, int]:
+        """Voxels of the DICOM tree's first CT series: the same body on a TREE_SPACING_MM grid."""
+        return tuple(round(n * SPACING_MM / t) for n, t in zip(self.body_shape, TREE_SPACING_MM, strict=True))
 
 
-QUICK = DemoSettings(16, (24, 24, 24), (4, 8), 2, (48, 48, 32), (24, 24, 12))
-FULL = DemoSettings(120, (32, 32, 32), (8, 16), 15, (96, 96, 64), (48, 48, 24))
+TREE_SPACING_MM = (1.6, 1.6, 2.5)
+QUICK = DemoSettings(16, (24, 24, 24), (4, 8), 2, (40, 40, 32), 0.5)
+FULL = DemoSettings(120, (32, 32, 32), (8, 16), 15, (64, 64, 48), 0.75)
 
 
 @dataclass
@@ -70,8 +77,10 @@ class DemoReport:
         if self.large_volume:
             lv = self.large_volume
             lines.append(
-                f"large volume {lv['shape']}: {lv['label']} (p(lesion) {lv['p_lesion']:.3f}, "
-                f"{lv['num_windows']} windows); evidence peak {lv['peak_distance_mm']:.1f} mm from the lesion"
+                f"large volume {lv['shape']}: {lv['label']} (mean of {lv['num_windows']} windows: p(lesion) "
+                f"{lv['p_lesion']:.3f}); highest window evidence p(lesion) {lv['peak_evidence']:.3f}, "
+                f"{lv['peak_distance_mm']:.1f} mm from the true lesion centre; Grad-CAM "
+                f"({lv['gradcam_layer']}) peak {lv['gradcam_peak_distance_mm']:.1f} mm from it"
             )
         if self.batch:
             lines.append(
@@ -111,7 +120,7 @@ def run_demo(
 
     with _timed(report, "data"):
         manifest, large_path, lesion_mask, tree = _make_data(out, settings, seed, report)
-    log(f"data: {settings.num_cases} labelled phantoms, a {settings.large_shape} volume, a DICOM tree")
+    log(f"data: {settings.num_cases} labelled phantom windows, a {settings.body_shape} volume, a DICOM tree")
 
     with _timed(report, "training"):
         model_path = _train(out, manifest, settings, seed, report)
@@ -185,10 +194,11 @@ def _make_data(
         split_fractions=(0.7, 0.15, 0.15),
         lesion_radius_mm=(5.0, 9.0),
         lesion_contrast=(80.0, 150.0),
+        body_shape=settings.body_shape,
         seed=seed,
     )
     large, mask = ct_phantom(
-        settings.large_shape,
+        settings.body_shape,
         spacing=spacing,
         lesion=True,
         lesion_radius_mm=8.0,
@@ -196,9 +206,11 @@ def _make_data(
         seed=seed + 1000,
         return_mask=True,
     )
-    affine = centered_origin(settings.large_shape, make_affine(spacing))
+    affine = centered_origin(settings.body_shape, make_affine(spacing))
     large_path = write_nifti(large, affine, out / "data" / "large_ct.nii.gz")
-    tree = make_messy_dicom_tree(out / "data" / "dicom_tree", shape=settings.tree_shape, seed=seed)
+    tree = make_messy_dicom_tree(
+        out / "data" / "dicom_tree", shape=settings.tree_shape, spacing=TREE_SPACING_MM, seed=seed
+    )
     report.files.update(manifest=manifest, large_volume=large_path, dicom_tree=tree.root)
     return manifest, large_path, mask, tree
 
@@ -280,10 +292,10 @@ def _classify_large(
 ) -> None:
     import nibabel as nib
 
+    from medres3d.explain import explain, save_overlay_png
     from medres3d.inference.classifier import Classifier
 
-    # A finer window step than the default (overlap 0.75): a sharper evidence map for the figure.
-    classifier = Classifier.load(model_path, device="cpu", overlap=0.75)
+    classifier = Classifier.load(model_path, device="cpu", overlap=report.settings.overlap)
     prediction = classifier.predict(large_path)
     evidence = prediction.evidence.in_scan_grid()
     lesion_world = evidence.affine @ [*np.argwhere(lesion_mask).mean(axis=0), 1.0]
@@ -296,6 +308,7 @@ def _classify_large(
         "label": prediction.label,
         "p_lesion": prediction.probabilities["lesion"],
         "num_windows": prediction.num_windows,
+        "peak_evidence": float(lesion_map.max()),
         "peak_distance_mm": float(np.linalg.norm(peak_world[:3] - lesion_world[:3])),
     }
     volume = np.asarray(nib.load(large_path).dataobj, dtype=np.float32)
@@ -309,6 +322,15 @@ def _classify_large(
         prediction.probabilities["lesion"],
     )
     report.files.update(evidence_nifti=evidence_path, evidence_png=png)
+
+    explanation = explain(classifier, large_path, class_name="lesion")
+    cam_peak = np.unravel_index(int(np.argmax(explanation.heatmap)), explanation.heatmap.shape)
+    report.large_volume["gradcam_peak_distance_mm"] = float(
+        np.linalg.norm((explanation.affine @ [*cam_peak, 1.0])[:3] - lesion_world[:3])
+    )
+    report.large_volume["gradcam_layer"] = explanation.layer
+    report.files["gradcam_nifti"] = explanation.save(out / "large_ct_gradcam.nii.gz")
+    report.files["gradcam_png"] = save_overlay_png(explanation, out / "large_ct_gradcam.png")
 
 
 def _plot_evidence(
@@ -381,7 +403,7 @@ def _batch(out: Path, tree_root: Path, model_path: Path, report: DemoReport) -> 
                 r["status"],
                 r["label"] or "",
                 r.get("p_lesion"),
-                r["error"] or "",
+                _reason(r["error"]),
             )
             for r in rows
         ],

@@ -42,6 +42,7 @@ def make_phantom_dataset(
     lesion_radius_mm: tuple[float, float] = (4.0, 8.0),
     lesion_contrast: tuple[float, float] = (60.0, 120.0),
     size_jitter: float = 0.0,
+    body_shape: Sequence[int] | None = None,
     seed: int = 0,
 ) -> Path:
     """Write ``n`` phantoms, half with a lesion, and a ``manifest.csv`` (``path,label,split``).
@@ -60,6 +61,10 @@ def make_phantom_dataset(
         lesion_radius_mm, lesion_contrast: (low, high) ranges sampled uniformly.
         size_jitter: each volume's shape is ``shape`` times a random factor in ``[1 - j, 1 + j]`` per
             axis (0 <= j < 0.5), so the set holds several sizes, as real scans do.
+        body_shape: when given, each phantom is drawn at this (larger) shape and a ``shape`` window is
+            cut from it at a random place (one that holds the whole lesion, for lesion cases), with the
+            affine of that place: the cases then look like windows of a full-size scan, which is what a
+            sliding-window classifier sees at inference.
         seed: makes the data set reproducible.
 
     Returns:
@@ -84,6 +89,10 @@ def make_phantom_dataset(
         )
     if not 0.0 <= size_jitter < 0.5:
         raise ConfigError(f"size_jitter must be in [0, 0.5), got {size_jitter!r}")
+    if body_shape is not None and any(b < s for b, s in zip(body_shape, shape, strict=True)):
+        raise ConfigError(
+            f"body_shape {tuple(body_shape)} must be at least shape {tuple(shape)} on every axis"
+        )
     out = Path(root)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -99,28 +108,34 @@ def make_phantom_dataset(
         has_lesion = bool(labels[index])
         factors = rng.uniform(1.0 - size_jitter, 1.0 + size_jitter, size=3)
         case_shape = tuple(max(4, round(s * f)) for s, f in zip(shape, factors, strict=True))
-        affine = centered_origin(case_shape, make_affine(spacing))
+        drawn_shape = case_shape if body_shape is None else tuple(int(b) for b in body_shape)
+        affine = centered_origin(drawn_shape, make_affine(spacing))
         radius = float(rng.uniform(*lesion_radius_mm))
         contrast = float(rng.uniform(*lesion_contrast))
         case_seed = int(rng.integers(2**31))
         if modality == "CT":
-            volume = ct_phantom(
-                case_shape,
+            volume, mask = ct_phantom(
+                drawn_shape,
                 spacing=spacing,
                 lesion=has_lesion,
                 lesion_radius_mm=radius,
                 lesion_hu=contrast,
                 seed=case_seed,
+                return_mask=True,
             )
         else:
-            volume = mri_phantom(
-                case_shape,
+            volume, mask = mri_phantom(
+                drawn_shape,
                 spacing=spacing,
                 lesion=has_lesion,
                 lesion_radius_mm=radius,
                 lesion_contrast=contrast / 100.0,
                 seed=case_seed,
+                return_mask=True,
             )
+        if body_shape is not None:
+            window = tuple(min(c, d) for c, d in zip(case_shape, drawn_shape, strict=True))
+            volume, affine = _random_window(volume, mask, affine, window, rng)
         name = f"case{index:04d}_{CLASS_NAMES[has_lesion]}"
         if file_format == "nifti":
             write_nifti(volume, affine, out / f"{name}.nii.gz")
@@ -135,6 +150,24 @@ def make_phantom_dataset(
         writer.writerow(["path", "label", "split"])
         writer.writerows(rows)
     return manifest
+
+
+def _random_window(
+    volume: np.ndarray, mask: np.ndarray, affine: np.ndarray, shape: Sequence[int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``shape`` window of ``volume`` at a random place holding all of ``mask``, and its affine."""
+    lo = np.zeros(3, dtype=int)
+    hi = np.array(volume.shape) - np.array(shape)
+    if mask.any():
+        found = np.argwhere(mask)
+        # Window start s must satisfy s <= first lesion voxel and s + shape > last lesion voxel.
+        lo = np.maximum(lo, found.max(axis=0) + 1 - np.array(shape))
+        hi = np.minimum(hi, found.min(axis=0))
+    start = np.array([rng.integers(a, max(a, b) + 1) for a, b in zip(lo, hi, strict=True)])
+    window = tuple(slice(a, a + n) for a, n in zip(start, shape, strict=True))
+    shifted = affine.copy()
+    shifted[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
+    return volume[window], shifted
 
 
 @dataclass
@@ -167,7 +200,11 @@ class MessyTree:
 
 
 def make_messy_dicom_tree(
-    root: str | os.PathLike[str], *, shape: Sequence[int] = (32, 32, 16), seed: int = 0
+    root: str | os.PathLike[str],
+    *,
+    shape: Sequence[int] = (32, 32, 16),
+    spacing: Sequence[float] = (1.0, 1.0, 2.0),
+    seed: int = 0,
 ) -> MessyTree:
     """Write a DICOM tree as found on a hospital share.
 
@@ -175,7 +212,8 @@ def make_messy_dicom_tree(
     a localizer sharing the first series' UID, a SEG and an SR; ``study1/notes.txt`` is not DICOM;
     ``study2/mr/`` holds an MR series; ``broken/`` holds a CT series whose every file is truncated inside
     its pixel data (headers readable, voxels not); ``DICOMDIR`` sits at the top. ``root`` must be
-    new or empty.
+    new or empty. The two CT series of study1 cover the same body (``shape`` x ``spacing`` mm), the
+    second one on a finer in-plane and coarser slice grid.
 
     Example:
         >>> import tempfile
@@ -193,9 +231,12 @@ def make_messy_dicom_tree(
     frame = new_uid()
     mixed = out / "study1" / "mixed"
 
-    lesion_ct = ct_phantom(shape3, spacing=(1.0, 1.0, 2.0), lesion=True, lesion_hu=100.0, seed=seed)
+    spacing_a = np.asarray(spacing, dtype=float)
+    spacing_b = spacing_a * [0.8, 0.8, 1.5]
+    shape_b = tuple(max(4, round(n * a / b)) for n, a, b in zip(shape3, spacing_a, spacing_b, strict=True))
+    lesion_ct = ct_phantom(shape3, spacing=spacing_a, lesion=True, lesion_hu=100.0, seed=seed)
     uid_a = new_uid()
-    affine_a = centered_origin(shape3, make_affine((1.0, 1.0, 2.0)))
+    affine_a = centered_origin(shape3, make_affine(spacing_a))
     files = write_dicom_series(
         lesion_ct,
         affine_a,
@@ -215,11 +256,11 @@ def make_messy_dicom_tree(
         )
     )
 
-    normal_ct = ct_phantom(shape3, spacing=(0.8, 0.8, 3.0), seed=seed + 1)
+    normal_ct = ct_phantom(shape_b, spacing=spacing_b, seed=seed + 1)
     uid_b = new_uid()
     files = write_dicom_series(
         normal_ct,
-        centered_origin(shape3, make_affine((0.8, 0.8, 3.0))),
+        centered_origin(shape_b, make_affine(spacing_b)),
         mixed,
         series_uid=uid_b,
         study_uid=study,
@@ -228,7 +269,7 @@ def make_messy_dicom_tree(
         description="CT thin normal",
         patient_id="MESSY01",
     )
-    tree.series.append(WrittenSeries(uid_b, mixed, files, "CT", "normal", shape3))
+    tree.series.append(WrittenSeries(uid_b, mixed, files, "CT", "normal", shape_b))
     tree.non_image.append(
         write_non_image_object("SEG", mixed / "seg.dcm", study_uid=study, patient_id="MESSY01")
     )

@@ -65,3 +65,38 @@ def test_messy_tree_refuses_a_non_empty_root(tmp_path):
     (tmp_path / "old.dcm").write_bytes(b"x")
     with pytest.raises(ConfigError, match="empty"):
         make_messy_dicom_tree(tmp_path)
+
+
+def test_windows_cut_from_larger_bodies_hold_the_whole_lesion(tmp_path):
+    manifest = make_phantom_dataset(
+        tmp_path,
+        n=6,
+        shape=(16, 16, 12),
+        spacing=(2, 2, 2),
+        body_shape=(40, 40, 30),
+        lesion_contrast=(300, 300),
+    )
+    for row in csv.DictReader(manifest.open()):
+        image = nib.load(tmp_path / row["path"])
+        assert image.shape == (16, 16, 12)
+        # The window's affine places it inside the body volume centred on the origin.
+        corner = image.affine @ [0, 0, 0, 1]
+        assert np.all(corner[:3] >= [-40, -40, -30]) and np.all(corner[:3] <= [40 - 32, 40 - 32, 30 - 24])
+
+
+def test_random_window_holds_the_mask_and_keeps_world_positions():
+    from medres3d.synthetic import make_affine, sphere_mask
+    from medres3d.synthetic.datasets import _random_window
+
+    volume = np.arange(30 * 28 * 20, dtype=np.float32).reshape(30, 28, 20)
+    mask = sphere_mask(volume.shape, (20, 6, 14), 3.0)
+    affine = make_affine((2, 1.5, 3), "oblique", origin=(5, -4, 2))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        window, window_affine = _random_window(volume, mask, affine, (12, 10, 8), rng)
+        start = np.unravel_index(int(window[0, 0, 0]), volume.shape)  # voxel values encode their index
+        box = tuple(slice(a, a + n) for a, n in zip(start, (12, 10, 8), strict=True))
+        assert mask[box].sum() == mask.sum()
+        np.testing.assert_allclose(
+            window_affine @ [1, 2, 3, 1], affine @ [start[0] + 1, start[1] + 2, start[2] + 3, 1]
+        )

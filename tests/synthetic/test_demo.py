@@ -25,13 +25,14 @@ def test_quick_demo_produces_model_metrics_evidence_and_batch_rows(tmp_path):
     # The evidence map lies on the large volume's grid.
     evidence = nib.load(report.files["evidence_nifti"])
     scan = nib.load(report.files["large_volume"])
-    assert evidence.shape == scan.shape == QUICK.large_shape
+    assert evidence.shape == scan.shape == QUICK.body_shape
     np.testing.assert_allclose(evidence.affine, scan.affine, atol=1e-5)
     assert report.large_volume["num_windows"] > 1
     # Batch: the two CT series are classified, the truncated one is an error row, the MR is excluded.
     statuses = sorted(row[2] for row in report.batch["table"])
     assert statuses == ["error", "ok", "ok"]
-    assert report.batch["excluded"] == 1
+    assert {row[1] for row in report.batch["table"]} == {"CT"}
+    assert report.batch["excluded"] >= 1
     assert "truncated" in next(row[5] for row in report.batch["table"] if row[2] == "error")
     assert "batch over the DICOM tree" in report.summary()
 
