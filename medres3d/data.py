@@ -35,12 +35,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandShiftIntensityd,
+    RandSpatialCropd,
+    SpatialPadd,
+    Transform,
+)
 
 from medres3d.errors import ConfigError, ManifestError, MedRes3DError
 
 if TYPE_CHECKING:
-    from monai.data import Dataset
-
     from medres3d.config import AugmentationConfig
     from medres3d.transforms import PreprocessingSpec
 
@@ -217,67 +227,52 @@ def items_of(rows: Sequence[ManifestRow], class_names: Sequence[str], stamps: Ma
             for r in rows]
 
 
-def _load_preprocess_class() -> type:
-    """Build the transform class lazily so that ``import medres3d.data`` does not import MONAI."""
-    from monai.transforms import Transform
+class LoadPreprocessd(Transform):
+    """Load ``data["image"]`` with medres3d.io and preprocess it with a spec (deterministic, cacheable).
 
-    class LoadPreprocessd(Transform):
-        """Load ``data["image"]`` with medres3d.io and preprocess it with a spec (deterministic).
+    A scan that fails to load does not raise: the item comes back without an image and with
+    ``error`` set, so one pass can report every bad row of the manifest at once.
 
-        A scan that fails to load does not raise: the item comes back without an image and with
-        ``error`` set, so one pass can report every bad row of the manifest at once.
-        """
+    Example:
+        >>> item = LoadPreprocessd(PreprocessingSpec.preset("ct"))({"image": "scan.nii.gz"})  # doctest: +SKIP
+        >>> item["image"].shape                                                              # doctest: +SKIP
+        torch.Size([1, 160, 160, 96])
+    """
 
-        def __init__(self, spec: PreprocessingSpec) -> None:
-            self.spec = spec
+    def __init__(self, spec: PreprocessingSpec) -> None:
+        self.spec = spec
 
-        def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-            from medres3d.io.readers import load_volume
-            from medres3d.transforms import preprocess
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from medres3d.io.readers import load_volume
+        from medres3d.transforms import preprocess
 
-            out = dict(data)
-            try:
-                image = preprocess(load_volume(data["image"]), self.spec)
-            except MedRes3DError as err:
-                out.pop("image")
-                out["error"] = str(err)
-                return out
-            out["image"] = image
-            return out
-
-    return LoadPreprocessd
+        out = dict(data)
+        try:
+            out["image"] = preprocess(load_volume(data["image"]), self.spec)
+        except MedRes3DError as err:
+            out.pop("image")
+            out["error"] = str(err)
+        return out
 
 
 def prepare_transform(spec: PreprocessingSpec, input_size: Sequence[int]) -> Any:
     """The deterministic (cacheable) part: load, preprocess, pad to at least the input size."""
-    from monai.transforms import Compose, EnsureTyped, SpatialPadd
-
     return Compose([
-        _load_preprocess_class()(spec),
+        LoadPreprocessd(spec),
         SpatialPadd("image", spatial_size=tuple(input_size), method="symmetric", mode="constant",
                     value=float(spec.background_value), allow_missing_keys=True),
-        _plain_tensor(EnsureTyped),
+        _plain_tensor(),
     ])
 
 
-def _plain_tensor(ensure_typed: type) -> Any:
+def _plain_tensor() -> EnsureTyped:
     # Training needs no metadata; MetaTensor's per-operation bookkeeping slowed small 3D batches ~2x.
-    return ensure_typed("image", data_type="tensor", track_meta=False, allow_missing_keys=True)
+    return EnsureTyped("image", data_type="tensor", track_meta=False, allow_missing_keys=True)
 
 
 def random_transform(input_size: Sequence[int], *, patches: bool,
                      augmentation: AugmentationConfig | None) -> Any | None:
     """The random part, run every epoch: a window of the input size (patches) and augmentations."""
-    from monai.transforms import (
-        Compose,
-        EnsureTyped,
-        RandAffined,
-        RandFlipd,
-        RandGaussianNoised,
-        RandShiftIntensityd,
-        RandSpatialCropd,
-    )
-
     steps: list[Any] = []
     if patches:
         steps.append(RandSpatialCropd("image", roi_size=tuple(input_size), random_size=False))
@@ -295,14 +290,12 @@ def random_transform(input_size: Sequence[int], *, patches: bool,
             steps.append(RandGaussianNoised("image", prob=aug.noise.prob, std=aug.noise.std))
         if aug.shift.prob > 0:
             steps.append(RandShiftIntensityd("image", offsets=aug.shift.offset, prob=aug.shift.prob))
-    return Compose([*steps, _plain_tensor(EnsureTyped)]) if steps else None
+    return Compose([*steps, _plain_tensor()]) if steps else None
 
 
 def cached_dataset(items: Sequence[dict[str, Any]], prepare: Any, cache: str,
                    cache_dir: str | os.PathLike[str] | None, num_workers: int = 0) -> Dataset:
     """Items with the deterministic part applied and kept per ``cache`` ("memory", "disk", "none")."""
-    from monai.data import CacheDataset, Dataset, PersistentDataset
-
     if cache == "memory":
         return CacheDataset(list(items), prepare, num_workers=max(num_workers, 1), progress=False,
                             copy_cache=False)
@@ -317,8 +310,6 @@ def cached_dataset(items: Sequence[dict[str, Any]], prepare: Any, cache: str,
 
 def with_random(base: Dataset, transform: Any | None) -> Dataset:
     """``base`` with the random part applied on every access (``base`` itself when there is none)."""
-    from monai.data import Dataset
-
     return base if transform is None else Dataset(base, transform)
 
 

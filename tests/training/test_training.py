@@ -162,3 +162,22 @@ def test_bad_rows_are_reported_together_before_training(small_dataset, tmp_path,
         Trainer(make_config(manifest, run, data={"class_names": ["lesion", "normal"]}), progress=False).fit()
     with pytest.raises(ManifestError, match=r"2 problem\(s\): row 4: 'missing.nii.gz' does not exist"):
         Trainer(make_config(manifest, run), progress=False).fit()
+
+
+@pytest.mark.parametrize("cache", ["disk", "memory"])
+def test_cache_decodes_each_scan_once(small_dataset, tmp_path, make_config, monkeypatch, cache):
+    import medres3d.io.readers as readers
+
+    calls = []
+    real = readers.load_volume
+
+    def counting(path, **options):
+        calls.append(str(path))
+        return real(path, **options)
+
+    monkeypatch.setattr(readers, "load_volume", counting)
+    cfg = make_config(small_dataset, tmp_path / "run", epochs=2, data={"cache": cache})
+    Trainer(cfg, progress=False).fit()
+    assert len(calls) == len(set(calls)) == 8  # 6 train + 2 val scans, over 2 epochs and 3 validations
+    if cache == "disk":
+        assert len(list((tmp_path / "run" / "cache").rglob("*.pt"))) == 8
