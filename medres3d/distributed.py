@@ -90,10 +90,11 @@ def barrier(ctx: DistContext) -> None:
             dist.barrier()
 
 
-def teardown(ctx: DistContext) -> None:
-    """Wait for every rank, then leave the process group."""
+def teardown(ctx: DistContext, wait: bool = True) -> None:
+    """Leave the process group, after waiting for every rank unless ``wait`` is False (on errors)."""
     if ctx.enabled and dist.is_initialized():
-        barrier(ctx)
+        if wait:
+            barrier(ctx)
         dist.destroy_process_group()
 
 

@@ -38,9 +38,12 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
         ax_loss.plot(epochs, _series(history, key), marker="o", label=label)
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
-    for key, label in (("train_accuracy", "train accuracy"), ("val_accuracy", "val accuracy"),
-                       ("val_balanced_accuracy", "val balanced accuracy"), ("val_auc", "val ROC AUC")):
-        ax_score.plot(epochs, _series(history, key), marker="o", label=label)
+    # balanced accuracy often equals accuracy: dashed so that neither line hides the other
+    for key, label, style in (("train_accuracy", "train accuracy", "-"),
+                              ("val_accuracy", "val accuracy", "-"),
+                              ("val_balanced_accuracy", "val balanced accuracy", "--"),
+                              ("val_auc", "val ROC AUC", "-")):
+        ax_score.plot(epochs, _series(history, key), marker="o", linestyle=style, label=label)
     ax_score.set(title="Scores", xlabel="epoch", ylim=(0.0, 1.02))
     for ax in (ax_loss, ax_score):
         ax.grid(alpha=0.3)

@@ -415,9 +415,13 @@ class Trainer:
         """
         ctx = mdist.setup(self.config.training.device)
         try:
-            return self._fit(ctx, until_epoch)
-        finally:
-            mdist.teardown(ctx)
+            result = self._fit(ctx, until_epoch)
+        except BaseException:
+            # No barrier: a rank that failed alone would leave the others waiting in it forever.
+            mdist.teardown(ctx, wait=False)
+            raise
+        mdist.teardown(ctx)
+        return result
 
     def _fit(self, ctx: mdist.DistContext, until_epoch: int | None) -> TrainResult:
         t = self.config.training
