@@ -59,8 +59,8 @@ NATIVE_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, Exp
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"
 # What pydicom raises on damaged headers (several found by fuzzing: tests/reliability, fuzz/).
 _HEADER_ERRORS = (
-    InvalidDicomError, BytesLengthException, ValueError, EOFError, KeyError, TypeError,
-    struct.error, zlib.error,
+    InvalidDicomError, BytesLengthException, NotImplementedError, ValueError, EOFError, KeyError,
+    TypeError, struct.error, zlib.error,
 )  # fmt: skip
 # Largest inflated dataset of a Deflated Explicit VR file that is parsed (see _inflates_beyond);
 # the syntax is used for small objects (SR, single slices), not for large volumes.
@@ -199,13 +199,14 @@ def read_header(path: str | os.PathLike[str], fast: bool = True) -> FileHeader |
                 has_pixels = peek in _PIXEL_TAG_BYTES
                 if not peek and ("Rows" in ds or "Image Storage" in UID(_sop_class(ds)).name):
                     return SkippedFile(path, "file is truncated: it ends before the pixel data", "unreadable")
+        # pydicom converts values on first access: a damaged value raises here, not in dcmread
+        values = {kw: ds.get(kw) for kw in SCAN_TAGS if kw in ds}
+        values["SOPClassUID"] = _sop_class(ds)
+        values["TransferSyntaxUID"] = _transfer_syntax(ds)
     except OSError as err:
         return SkippedFile(path, f"cannot read file: {err.strerror or err}", "unreadable")
     except _HEADER_ERRORS as err:
         return SkippedFile(path, f"unreadable DICOM header: {err}", "unreadable")
-    values = {kw: ds.get(kw) for kw in SCAN_TAGS if kw in ds}
-    values["SOPClassUID"] = _sop_class(ds)
-    values["TransferSyntaxUID"] = _transfer_syntax(ds)
     return _classify(path, values, has_pixels, pixel_offset)
 
 
