@@ -20,10 +20,10 @@ Warnings are plain strings that start with a stable code (``missing-slice:``, ``
 Example:
     >>> import numpy as np
     >>> plan = plan_stack(
-    ...     positions=np.array([[0, 0, 2.0], [0, 0, 0.0], [0, 0, 6.0]]),
-    ...     orientation=(1, 0, 0, 0, 1, 0), pixel_spacing=(0.5, 0.5), labels=["a", "b", "c"])
+    ...     positions=np.array([[0, 0, 2.0], [0, 0, 0.0], [0, 0, 6.0], [0, 0, 8.0]]),
+    ...     orientation=(1, 0, 0, 0, 1, 0), pixel_spacing=(0.5, 0.5), labels=["a", "b", "c", "d"])
     >>> plan.num_slices, [k for _, k in plan.slices], plan.missing
-    (4, [0, 1, 3], [2])
+    (5, [0, 1, 3, 4], [2])
 """
 
 from __future__ import annotations
