@@ -70,7 +70,11 @@ def load_multiframe(
     if header.frames == 1:
         raise UnsupportedFormatError(header.path, "a single-frame image: a 2D slice, not a volume")
 
-    decode_once = functools.cache(lambda: read_frames(header))
+    decode_once = functools.cache(lambda: read_frames(header))  # after the voxel check, once
+
+    def frame(index: int) -> np.ndarray:
+        return decode_once()[index]
+
     sources = [
         SliceSource(
             header.path,
@@ -78,7 +82,7 @@ def load_multiframe(
             positions[f],
             slopes[f],
             intercepts[f],
-            functools.partial(lambda f: decode_once()[f], f),
+            functools.partial(frame, f),
         )
         for f in range(header.frames)
     ]
