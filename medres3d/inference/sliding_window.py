@@ -255,6 +255,8 @@ def sliding_window_classify(
     if aggregate not in AGGREGATIONS:
         raise ConfigError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
     target = torch.device(device) if device is not None else _network_device(net)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(target)!r} was asked for but CUDA is not available; use 'cpu'")
     if _network_device(net) != target:
         net.to(target)
     if not tensor.is_floating_point():

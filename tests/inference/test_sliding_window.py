@@ -141,6 +141,18 @@ def test_bad_arguments_are_named(tiny_net, kwargs, message):
         sliding_window_classify(torch.zeros(1, 8, 8, 8), tiny_net, **kwargs)
 
 
+def test_autocast_and_channels_last_agree_with_float32(tiny_net):
+    volume = torch.randn(1, 12, 10, 8)
+    reference = sliding_window_classify(volume, tiny_net, amp=False)
+    bf16 = sliding_window_classify(volume, tiny_net, amp="bf16")
+    channels_last = sliding_window_classify(volume, tiny_net, channels_last=True)
+    torch.testing.assert_close(bf16.window_logits, reference.window_logits, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(channels_last.probabilities, reference.probabilities, atol=1e-6, rtol=1e-5)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            sliding_window_classify(volume, tiny_net, device="cuda")
+
+
 def test_channel_mismatch_is_refused(tiny_net):
     with pytest.raises(ConfigError, match="2 channels but the network expects 1"):
         sliding_window_classify(torch.zeros(2, 8, 8, 8), tiny_net)
