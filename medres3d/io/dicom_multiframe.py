@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pydicom
+from pydicom.errors import BytesLengthException
 
 from medres3d.errors import CorruptFileError, SeriesGeometryError, UnsupportedFormatError
 from medres3d.io.dicom_geometry import unit_vectors
@@ -62,7 +63,9 @@ def load_multiframe(
         raise CorruptFileError(header.path, f"cannot read the multi-frame header: {err}") from err
     try:
         geometry = _enhanced_geometry(ds, header) if header.is_enhanced else _grid_offset_geometry(ds, header)
-    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
+    # pydicom converts values on access: a damaged one raises BytesLengthException/NotImplementedError
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError, NotImplementedError,
+            BytesLengthException) as err:  # fmt: skip
         raise SeriesGeometryError(
             header.path, f"malformed per-frame geometry: {type(err).__name__}: {err}"
         ) from err
