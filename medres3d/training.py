@@ -454,6 +454,7 @@ class Trainer:
 
         history: list[dict[str, Any]] = []
         start, best_metric, best_epoch, best_state, bad_epochs = 0, None, None, None, 0
+        stopped_early = False
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None and state["scheduler"] is not None:
@@ -462,11 +463,13 @@ class Trainer:
             history, start = list(state["history"]), int(state["epoch"])
             best_metric, best_epoch = state["best_metric"], state["best_epoch"]
             best_state, bad_epochs = state["best_state"], state["bad_epochs"]
+            stopped_early = bool(state["stopped_early"])
             ckpt.set_rng_state(state["rng"])
 
-        monitor = t.early_stopping.metric
-        stopped_early = False
+        monitor, patience = t.early_stopping.metric, t.early_stopping.patience
         last = t.epochs if until_epoch is None else min(t.epochs, until_epoch)
+        if stopped_early:  # resuming a run that early stopping ended: only the final steps remain
+            last = start
         with _progress(self.progress and ctx.is_main) as progress:
             for epoch in range(start + 1, last + 1):
                 began = time.perf_counter()
@@ -487,6 +490,7 @@ class Trainer:
                     best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
                 else:
                     bad_epochs += 1
+                stopped_early = patience is not None and bad_epochs >= patience
                 if ctx.is_main:
                     _write_metrics(self.run_dir / "metrics.csv", history)
                     ckpt.save_checkpoint(checkpoint_path, {
@@ -494,14 +498,12 @@ class Trainer:
                         "scheduler": None if scheduler is None else scheduler.state_dict(),
                         "scaler": scaler.state_dict(), "history": history, "best_metric": best_metric,
                         "best_epoch": best_epoch, "best_state": best_state, "bad_epochs": bad_epochs,
-                        "class_names": data.class_names, "model_config": net.config.to_dict(),
-                        "rng": ckpt.rng_state()})
+                        "stopped_early": stopped_early, "class_names": data.class_names,
+                        "model_config": net.config.to_dict(), "rng": ckpt.rng_state()})
                     if progress is not None:
                         progress.console.print(_epoch_line(row, t.epochs))
                 mdist.barrier(ctx)
-                patience = t.early_stopping.patience
-                if patience is not None and bad_epochs >= patience:
-                    stopped_early = True
+                if stopped_early:
                     break
 
         epochs_run = history[-1]["epoch"] if history else start

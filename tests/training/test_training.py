@@ -78,6 +78,8 @@ def test_normalization_statistics_match_numpy(small_dataset, tmp_path, make_conf
     best = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["best_state"]
     saved = load_file(result.model_path)
     assert all(torch.equal(saved[name], best[name]) for name in saved)  # output_network: best
+    again = Trainer(cfg, resume=True, progress=False).fit()  # a finished run is not trained further
+    assert again.stopped_early and again.epochs_run == 2 and again.weights_sha256 == result.weights_sha256
     model = read_model(result.model_path)
     spec = model.preprocessing
     volumes = [_padded(preprocess(load_volume(small_dataset.parent / r["path"]), spec).numpy(),
