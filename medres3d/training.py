@@ -227,14 +227,20 @@ class Trainer:
             for index in range(ctx.rank, len(data.val_base), ctx.world_size):
                 check(data.val_base[index])
 
+        fit_error = None
         if fit and net.config.normalization != "none":
-            fit_normalization(net, training_images(), distributed=ctx.enabled)
+            try:
+                fit_normalization(net, training_images(), distributed=ctx.enabled)
+            except ConfigError as err:  # e.g. no training scan loaded: the bad rows are the real news
+                fit_error = err
         else:
             for _ in training_images():
                 pass
         gathered = sorted(p for rank_problems in mdist.all_gather(ctx, problems) for p in rank_problems)
         if gathered:
             raise ManifestError(self.config.data.manifest, mdata.summarize_problems([m for _, m in gathered]))
+        if fit_error is not None:
+            raise fit_error
 
     def _optimization(self, net: nn.Module) -> tuple[Any, Any]:
         t = self.config.training
@@ -426,6 +432,7 @@ class Trainer:
     def _fit(self, ctx: mdist.DistContext, until_epoch: int | None) -> TrainResult:
         t = self.config.training
         _make_deterministic(t.seed, t.deterministic, ctx)
+        self._autocast(ctx.device)  # an impossible amp setting fails now, not after loading the data
         spec = self._spec()
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
