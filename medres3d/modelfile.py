@@ -241,16 +241,21 @@ def _read_header_metadata(path: Path) -> dict[str, Any]:
             if len(prefix) < 8:
                 raise ModelFileError(path, f"not a safetensors model file: only {size} bytes")
             (length,) = struct.unpack("<Q", prefix)
-            if prefix[:2] == b"PK":
-                raise ModelFileError(path, "not a safetensors model file: it is a zip archive "
-                                           "(a torch.save checkpoint?); it was not opened")
-            if prefix[:1] == b"\x80":
-                raise ModelFileError(path, "not a safetensors model file: it is a Python pickle "
-                                           "(a torch.save checkpoint?); it was not unpickled")
-            if length > min(size - 8, _MAX_HEADER_BYTES):
-                raise ModelFileError(
-                    path, f"not a valid safetensors file: the header length field says {length} bytes "
-                          f"but the file has {size - 8} bytes after it (truncated or tampered)")
+            plausible = 2 <= length <= min(size - 8, _MAX_HEADER_BYTES)
+            # A real header starts with "{"; only then can the 8 bytes be a length and not the
+            # magic of another format (0x80 is also a valid low byte of a header length).
+            if not (plausible and handle.read(1) == b"{"):
+                if prefix[:2] == b"PK":
+                    raise ModelFileError(path, "not a safetensors model file: it is a zip archive "
+                                               "(a torch.save checkpoint?); it was not opened")
+                if prefix[:1] == b"\x80":
+                    raise ModelFileError(path, "not a safetensors model file: it is a Python pickle "
+                                               "(a torch.save checkpoint?); it was not unpickled")
+                if not plausible:
+                    raise ModelFileError(
+                        path, f"not a valid safetensors file: the header length field says {length} "
+                              f"bytes but the file has {size - 8} bytes after it (truncated or tampered)")
+            handle.seek(8)
             header_bytes = handle.read(length)
     except FileNotFoundError as err:
         raise ModelFileError(path, "file not found") from err
