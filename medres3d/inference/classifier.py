@@ -190,28 +190,96 @@ def _describe(err: Exception) -> str:
     return str(err) if isinstance(err, MedRes3DError) else f"{type(err).__name__}: {err}"
 
 
-class _PrepareDataset(torch.utils.data.Dataset):
-    """Scans prepared in DataLoader workers; failures are returned as values so the loader goes on."""
+def _prepare_or_fail(scan: Any, preprocessing: PreprocessingSpec | None) -> PreparedScan | FailedScan:
+    """Prepare one scan; a failure is returned as a value so that a stream of scans goes on."""
+    start = time.perf_counter()
+    try:
+        return prepare_scan(scan, preprocessing)
+    except Exception as err:  # a per-scan failure must not stop a batch of thousands
+        source = os.fspath(scan) if _is_path(scan) else None
+        return FailedScan(source, _describe(err), time.perf_counter() - start)
 
-    def __init__(self, scans: Sequence[Any], preprocessing: PreprocessingSpec | None) -> None:
-        self.scans = list(scans)
-        self.preprocessing = preprocessing
 
-    def __len__(self) -> int:
-        return len(self.scans)
+_WORKER_DIED = (
+    "the loader process died while preparing this scan (killed by a signal: out of memory, or a "
+    "crashing decoder?)"
+)
 
-    def __getitem__(self, index: int) -> PreparedScan | FailedScan:
-        scan = self.scans[index]
-        start = time.perf_counter()
+
+def _die_with_parent(parent: int) -> None:
+    """Loader worker initializer: exit when the parent process dies, even by SIGKILL.
+
+    ProcessPoolExecutor workers would otherwise wait for work forever after a killed batch.
+    """
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us with the parent
+    if os.getppid() != parent:  # the parent was already gone
+        os._exit(1)
+
+    def watch() -> None:  # portable fallback
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _isolated(scan: Any, preprocessing: PreprocessingSpec | None) -> PreparedScan | FailedScan:
+    """Prepare one scan alone in a fresh process: tells whether this scan is what kills loaders."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    with ProcessPoolExecutor(max_workers=1, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         try:
-            return prepare_scan(scan, self.preprocessing)
-        except Exception as err:  # a per-scan failure must not stop a batch of thousands
-            source = os.fspath(scan) if _is_path(scan) else None
-            return FailedScan(source, _describe(err), time.perf_counter() - start)
+            return pool.submit(_prepare_or_fail, scan, preprocessing).result()
+        except BrokenProcessPool:
+            return FailedScan(os.fspath(scan) if _is_path(scan) else None, _WORKER_DIED, 0.0)
 
 
-def _identity(item: Any) -> Any:
-    return item
+def prefetch_prepared(
+    scans: Sequence[Any], preprocessing: PreprocessingSpec | None, *, workers: int, prefetch: int = 2
+) -> Iterator[PreparedScan | FailedScan]:
+    """Prepare ``scans`` in ``workers`` processes, at most ``workers * prefetch`` ahead, in order.
+
+    A worker process that dies (OOM killer, a segfaulting decoder) breaks the pool: the scan at the
+    head of the queue is then retried alone in a fresh process; if that process dies too, the scan
+    becomes a FailedScan, else it was innocent. The pool is rebuilt for the rest, so one deadly scan
+    costs one error, not the stream.
+
+    Example:
+        >>> items = list(prefetch_prepared(["a.nii.gz", "b.nii.gz"], None, workers=2))  # doctest: +SKIP
+    """
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    position = 0
+    while position < len(scans):
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),))
+        pending: deque[Any] = deque()
+        submitted = position
+        try:
+            while position < len(scans):
+                while submitted < len(scans) and len(pending) < workers * prefetch:
+                    pending.append(pool.submit(_prepare_or_fail, scans[submitted], preprocessing))
+                    submitted += 1
+                item = pending[0].result()
+                pending.popleft()
+                position += 1
+                yield item
+        except BrokenProcessPool:
+            pool.shutdown(wait=True, cancel_futures=True)
+            item = _isolated(scans[position], preprocessing)
+            position += 1
+            yield item
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Classifier:
@@ -363,8 +431,9 @@ class Classifier:
         """Classify many scans, yielding one Prediction per scan in input order.
 
         With ``workers > 0``, that many processes load and preprocess upcoming scans (up to
-        ``prefetch`` each in advance) while this process runs the network. A scan that fails to
-        load or classify yields a Prediction with ``status="error"`` and the reason in ``error``.
+        ``prefetch`` each in advance) while this process runs the network (see
+        :func:`prefetch_prepared`). A scan that fails to load or classify, or whose loader process
+        dies, yields a Prediction with ``status="error"`` and the reason in ``error``.
 
         Example:
             >>> for p in clf.predict_many(["a.nii.gz", "b/"], workers=2):   # doctest: +SKIP
@@ -374,17 +443,13 @@ class Classifier:
             raise ConfigError(f"workers must be an integer >= 0, got {workers!r}")
         if not isinstance(prefetch, int) or prefetch < 1:
             raise ConfigError(f"prefetch must be an integer >= 1, got {prefetch!r}")
-        dataset = _PrepareDataset(list(scans), self.preprocessing)
+        scans = list(scans)
         if workers == 0:
-            items: Iterable[PreparedScan | FailedScan] = (dataset[i] for i in range(len(dataset)))
-        else:
-            items = torch.utils.data.DataLoader(
-                dataset,
-                batch_size=None,
-                num_workers=workers,
-                prefetch_factor=prefetch,
-                collate_fn=_identity,
+            items: Iterable[PreparedScan | FailedScan] = (
+                _prepare_or_fail(s, self.preprocessing) for s in scans
             )
+        else:
+            items = prefetch_prepared(scans, self.preprocessing, workers=workers, prefetch=prefetch)
         for item in items:
             yield self._predict_item(item)
 

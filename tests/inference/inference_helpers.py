@@ -43,3 +43,13 @@ def make_model_file(path, *, fitted: bool = True, preprocessing=None):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     return save_model(net, path, class_names=CLASS_NAMES, preprocessing=preprocessing)
+
+
+class DeadlyScan:
+    """A scan whose loading kills the loading process outright, as a segfaulting decoder would."""
+
+    def load(self):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -137,7 +137,23 @@ def many_scans(tree, tmp_path_factory):
     return root
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; nobody may be left to reap it in a container
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the loader worker through /proc")
 def test_sigkill_then_resume_gives_every_series_exactly_once(model_file, many_scans, tmp_path):
     out = tmp_path / "results.csv"
     args = [
@@ -148,18 +164,25 @@ def test_sigkill_then_resume_gives_every_series_exactly_once(model_file, many_sc
         "--out",
         str(out),
         "--workers",
-        "0",
+        "1",
         "--no-progress",
     ]
     process = subprocess.Popen([*args, "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
+    workers = []
     while time.monotonic() < deadline and process.poll() is None:
         if out.exists() and out.read_bytes().count(b"\n") >= 3:  # header + 2 rows
+            workers = _children(process.pid)
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.01)
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+    assert workers, "the loader worker process was not found"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers), "a loader worker outlived the killed batch"
     written = read_results(out)
     total = len(discover(many_scans, workers=1).items)
     assert 2 <= len(written) < total

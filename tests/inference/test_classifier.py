@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from inference_helpers import CLASS_NAMES, make_model_file
+from inference_helpers import CLASS_NAMES, DeadlyScan, make_model_file
 
 from medres3d.errors import ConfigError, NormalizationNotFittedError
 from medres3d.inference.classifier import Classifier, resolve_device
@@ -80,6 +80,15 @@ def test_predict_many_streams_results_in_order_and_reports_errors(model_file, sc
         assert "corrupt.nii.gz" in results[1].error and results[1].label is None
         for r in (results[0], results[2]):
             assert r.probabilities == pytest.approx(singles[r.source].probabilities, abs=1e-7)
+
+
+def test_a_loader_process_that_dies_costs_one_error_not_the_stream(model_file, scans):
+    clf = Classifier.load(model_file, device="cpu")
+    inputs = [scans[0], scans[1], DeadlyScan(), scans[2], scans[1]]
+    results = list(clf.predict_many(inputs, workers=2, prefetch=1))
+    assert [r.status for r in results] == ["ok", "ok", "error", "ok", "ok"]
+    assert "loader process died" in results[2].error
+    assert results[4].probabilities == pytest.approx(results[1].probabilities, abs=1e-7)
 
 
 def test_device_validation():
