@@ -150,6 +150,11 @@ def summary(
 
 # --- inference: predict, batch, explain (owned by the inference part) ---------------------------
 
+_AGGREGATE_HELP = ("how window probabilities combine: mean | max | logit-mean | any (detection: the scan is "
+                   "negative only if every window is; docs/inference.md)")
+_NEGATIVE_CLASS_HELP = ("negative class of --aggregate any, by name or index; default the class named "
+                        "normal/negative/background/healthy, else class 0")
+
 
 @app.command()
 def predict(
@@ -158,7 +163,8 @@ def predict(
     json_lines: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K")] = "auto",
     overlap: Annotated[float, typer.Option(help="sliding-window overlap in [0, 1)")] = 0.5,
-    aggregate: Annotated[str, typer.Option(help="mean | max | logit-mean")] = "mean",
+    aggregate: Annotated[str, typer.Option(help=_AGGREGATE_HELP)] = "mean",
+    negative_class: Annotated[str | None, typer.Option(help=_NEGATIVE_CLASS_HELP, show_default=False)] = None,
     workers: Annotated[int, typer.Option(help="loader processes (0: load in this process)")] = 0,
 ) -> None:
     """Classify scans and print a table (or JSON lines); exit code 1 if no scan could be classified.
@@ -171,7 +177,8 @@ def predict(
     from medres3d.inference.classifier import Classifier
 
     try:
-        clf = Classifier.load(model, device=device, overlap=overlap, aggregate=aggregate, evidence=False)
+        clf = Classifier.load(model, device=device, overlap=overlap, aggregate=aggregate,
+                              negative_class=negative_class, evidence=False)
         predictions = list(clf.predict_many(scans, workers=workers))
     except MedRes3DError as err:
         typer.echo(f"error: {err}", err=True)
@@ -222,6 +229,8 @@ def batch(
     include_localizers: Annotated[bool, typer.Option(
         "--include-localizers", help="also classify localizer/scout series")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K")] = "auto",
+    aggregate: Annotated[str, typer.Option(help=_AGGREGATE_HELP)] = "mean",
+    negative_class: Annotated[str | None, typer.Option(help=_NEGATIVE_CLASS_HELP, show_default=False)] = None,
     fsync: Annotated[bool, typer.Option("--fsync", help="fsync every row (power-loss safety)")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
 ) -> None:
@@ -241,6 +250,7 @@ def batch(
             model, root, out, fmt=fmt, resume=resume, workers=workers, device=device, modality=modality,
             series_description=series_description, min_slices=min_slices,
             include_localizers=include_localizers, fsync=fsync, progress=not no_progress,
+            classifier_options={"aggregate": aggregate, "negative_class": negative_class},
         )
     except MedRes3DError as err:
         typer.echo(f"error: {err}", err=True)

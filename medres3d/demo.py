@@ -28,6 +28,7 @@ import numpy as np
 from medres3d.errors import ConfigError
 
 CLASS_NAMES = ["normal", "lesion"]
+AGGREGATE = "any"  # of the window probabilities of a scan larger than the network's input (negative: normal)
 SPACING_MM = 2.0
 
 
@@ -77,8 +78,8 @@ class DemoReport:
         if self.large_volume:
             lv = self.large_volume
             lines.append(
-                f"large volume {lv['shape']}: {lv['label']} (mean of {lv['num_windows']} windows: p(lesion) "
-                f"{lv['p_lesion']:.3f}); evidence p(lesion) at the true lesion centre "
+                f"large volume {lv['shape']}: {lv['label']} ('{AGGREGATE}' over {lv['num_windows']} windows: "
+                f"p(lesion) {lv['p_lesion']:.3f}); evidence p(lesion) at the true lesion centre "
                 f"{lv['evidence_at_lesion']:.3f} (median {lv['evidence_median']:.3f}, "
                 f"max {lv['evidence_max']:.3f})"
             )
@@ -299,7 +300,10 @@ def _classify_large(
     from medres3d.explain import explain, save_overlay_png
     from medres3d.inference.classifier import Classifier
 
-    classifier = Classifier.load(model_path, device="cpu", overlap=report.settings.overlap)
+    # The network learned windows labelled lesion/normal: a scan holds a lesion if any window does.
+    classifier = Classifier.load(
+        model_path, device="cpu", overlap=report.settings.overlap, aggregate=AGGREGATE
+    )
     prediction = classifier.predict(large_path)
     evidence = prediction.evidence.in_scan_grid()
     lesion_world = evidence.affine @ [*np.argwhere(lesion_mask).mean(axis=0), 1.0]
@@ -390,7 +394,14 @@ def _batch(out: Path, tree_root: Path, model_path: Path, report: DemoReport) -> 
     results.unlink(missing_ok=True)  # a fresh run, not a resume of an earlier demo's rows
     # The model was trained on CT: select CT series (the MR series is excluded by the option).
     summary = run_batch(
-        model_path, tree_root, results, workers=0, device="cpu", modality="CT", progress=False
+        model_path,
+        tree_root,
+        results,
+        workers=0,
+        device="cpu",
+        modality="CT",
+        progress=False,
+        classifier_options={"aggregate": AGGREGATE},
     )
     rows = read_results(results)
     report.batch = {

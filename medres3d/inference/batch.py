@@ -277,7 +277,7 @@ def run_batch(
         fsync: force every row to disk (power-loss safety; slower on some file systems).
         progress: show a progress bar with ETA on stderr (rank 0 only).
         classifier_options: passed to :class:`~medres3d.inference.classifier.Classifier`
-            (overlap, batch_size, aggregate...).
+            (overlap, batch_size, aggregate, negative_class...), e.g. ``{"aggregate": "any"}``.
 
     Raises:
         OutputWriteError: the results file cannot be written (rows already written are intact).

@@ -119,6 +119,47 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+NEGATIVE_CLASS_NAMES = ("normal", "negative", "background", "healthy")
+
+
+def resolve_negative_class(class_names: Sequence[str], negative_class: int | str | None = None) -> int:
+    """The index of the negative class of ``aggregate="any"``.
+
+    ``negative_class`` is a class name, an index, or a string of digits that is not a class name
+    (as typed on the command line). None picks the class named one of
+    :data:`NEGATIVE_CLASS_NAMES` (case-insensitive); with none of these, class 0 (the usual
+    convention of label 0 = negative); with several, the choice is refused as ambiguous.
+
+    Example:
+        >>> resolve_negative_class(["lesion", "normal"]), resolve_negative_class(["a", "b"], "b")
+        (1, 1)
+    """
+    names = list(class_names)
+    if negative_class is None:
+        found = [index for index, name in enumerate(names) if name.lower() in NEGATIVE_CLASS_NAMES]
+        if len(found) > 1:
+            raise ConfigError(
+                f"classes {[names[i] for i in found]} could each be the negative class of "
+                "aggregate='any'; choose one with negative_class (--negative-class)"
+            )
+        return found[0] if found else 0
+    if isinstance(negative_class, str):
+        if negative_class in names:
+            return names.index(negative_class)
+        if not negative_class.isdigit():
+            raise ConfigError(f"negative_class must be one of the classes {names} or an index, "
+                              f"got {negative_class!r}")
+        negative_class = int(negative_class)
+    if isinstance(negative_class, bool) or not isinstance(negative_class, int) or not (
+        0 <= negative_class < len(names)
+    ):
+        raise ConfigError(
+            f"negative_class must be one of the classes {names} or an index in [0, {len(names) - 1}], "
+            f"got {negative_class!r}"
+        )
+    return negative_class
+
+
 def _as_volume(scan: Any) -> Volume:
     from medres3d.io.readers import load_volume
     from medres3d.io.volume import Volume
@@ -292,6 +333,9 @@ class Classifier:
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:K"``.
         overlap, batch_size, aggregate, weight_by_foreground, amp, channels_last: passed to
             :func:`~medres3d.inference.sliding_window.sliding_window_classify`.
+        negative_class: for ``aggregate="any"`` only: the negative class, by name or index (see
+            :func:`resolve_negative_class`); default the class named normal, negative, background or
+            healthy, else class 0.
         evidence: compute an evidence map for every prediction.
         evidence_cell_size: evidence grid cell width in voxels (default: the window step).
 
@@ -312,6 +356,7 @@ class Classifier:
         overlap: float = 0.5,
         batch_size: int = 8,
         aggregate: str = "mean",
+        negative_class: int | str | None = None,
         weight_by_foreground: bool = False,
         amp: bool | str | None = None,
         channels_last: bool = False,
@@ -329,6 +374,10 @@ class Classifier:
             )
         if aggregate not in AGGREGATIONS:
             raise ConfigError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+        if negative_class is not None and aggregate != "any":
+            raise ConfigError(
+                f"negative_class ({negative_class!r}) applies to aggregate='any' only, got {aggregate!r}"
+            )
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
         self.class_names = list(class_names)
@@ -337,6 +386,7 @@ class Classifier:
             "overlap": overlap,
             "batch_size": batch_size,
             "aggregate": aggregate,
+            "negative_class": resolve_negative_class(class_names, negative_class),
             "weight_by_foreground": weight_by_foreground,
             "amp": amp,
             "channels_last": channels_last,
@@ -357,6 +407,7 @@ class Classifier:
 
         Example:
             >>> clf = Classifier.load("model.safetensors", device="cpu", overlap=0.25)  # doctest: +SKIP
+            >>> detector = Classifier.load("model.safetensors", aggregate="any")        # doctest: +SKIP
         """
         from medres3d.modelfile import read_model
 

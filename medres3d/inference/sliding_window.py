@@ -28,7 +28,7 @@ from torch import nn
 from medres3d.errors import ConfigError
 from medres3d.inference.windows import WindowGrid, clip_box
 
-AGGREGATIONS = ("mean", "max", "logit-mean")
+AGGREGATIONS = ("mean", "max", "logit-mean", "any")
 
 
 @dataclass
@@ -37,7 +37,7 @@ class SlidingWindowResult:
 
     Attributes:
         probabilities: (K,) the volume's class probabilities after aggregation. For ``"max"`` these
-            are per-class maxima over windows and need not sum to 1.
+            are per-class maxima over windows and need not sum to 1; the other aggregations sum to 1.
         window_probabilities: (W, K) softmax of each window's logits.
         window_logits: (W, K) each window's logits.
         window_boxes: (W, S, 2) int64 ``[start, stop)`` voxel range of each window per spatial axis,
@@ -70,23 +70,51 @@ class SlidingWindowResult:
 
 
 def aggregate_windows(
-    window_logits: torch.Tensor, aggregate: str = "mean", weights: torch.Tensor | None = None
+    window_logits: torch.Tensor,
+    aggregate: str = "mean",
+    weights: torch.Tensor | None = None,
+    *,
+    negative_class: int = 0,
 ) -> tuple[torch.Tensor, list[str]]:
     """Combine (W, K) window logits into (K,) volume probabilities.
 
     ``"mean"``: (weighted) mean of the window softmax probabilities. ``"max"``: per-class maximum of
-    the window probabilities (windows with zero weight are ignored). ``"logit-mean"``: softmax of the
-    (weighted) mean logits. Weights that are all zero fall back to uniform weights, with a warning.
+    the window probabilities (windows with zero weight are ignored); need not sum to 1.
+    ``"logit-mean"``: softmax of the (weighted) mean logits. ``"any"``: "present anywhere" for
+    detection tasks: the volume is negative only if every window is, so
+    ``p(negative) = min over windows of p_w(negative)``, and each other class ``c`` gets the rest in
+    proportion to its maximum over windows, ``p(c) = (1 - p(negative)) * max_w p_w(c) / sum over
+    c' != negative of max_w p_w(c')``; this sums to 1, and with two classes ``p(positive)`` is the
+    maximum over windows of ``p_w(positive)`` (windows with zero weight are ignored, as for
+    ``"max"``). Weights that are all zero fall back to uniform weights, with a warning.
+
+    Args:
+        window_logits: (W, K) logits of W windows.
+        aggregate: one of :data:`AGGREGATIONS`.
+        weights: (W,) non-negative window weights, or None for uniform weights.
+        negative_class: index of the negative class ("normal") for ``"any"``; unused otherwise.
 
     Example:
         >>> logits = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
         >>> aggregate_windows(logits, "logit-mean")[0]
         tensor([0.7311, 0.2689])
+        >>> logits = torch.tensor([[3.0, 0.0], [0.0, 1.0]])   # p_w(class 1): 0.047 and 0.731
+        >>> aggregate_windows(logits, "any", negative_class=0)[0]
+        tensor([0.2689, 0.7311])
     """
     if aggregate not in AGGREGATIONS:
         raise ConfigError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
     if window_logits.ndim != 2 or window_logits.shape[0] == 0:
         raise ConfigError(f"window_logits must be (W>0, K), got shape {tuple(window_logits.shape)}")
+    num_classes = window_logits.shape[1]
+    if aggregate == "any" and (
+        isinstance(negative_class, bool)
+        or not isinstance(negative_class, int)
+        or not 0 <= negative_class < num_classes
+    ):
+        raise ConfigError(
+            f"negative_class must be a class index in [0, {num_classes - 1}], got {negative_class!r}"
+        )
     warnings: list[str] = []
     logits = window_logits.float()
     if weights is not None:
@@ -95,10 +123,12 @@ def aggregate_windows(
             warnings.append("every window is background only; windows weighted uniformly")
             weights = None
     probabilities = torch.softmax(logits, dim=-1)
-    if aggregate == "max":
+    if aggregate in ("max", "any"):
         if weights is not None:
             probabilities = probabilities[weights > 0]
-        return probabilities.amax(dim=0), warnings
+        if aggregate == "max":
+            return probabilities.amax(dim=0), warnings
+        return _any_window(probabilities, negative_class), warnings
     source = logits if aggregate == "logit-mean" else probabilities
     if weights is None:
         combined = source.mean(dim=0)
@@ -107,6 +137,19 @@ def aggregate_windows(
     if aggregate == "logit-mean":
         combined = torch.softmax(combined, dim=-1)
     return combined, warnings
+
+
+def _any_window(probabilities: torch.Tensor, negative_class: int) -> torch.Tensor:
+    """The ``"any"`` aggregation of (W, K) window probabilities (see :func:`aggregate_windows`)."""
+    p_negative = probabilities[:, negative_class].amin()
+    maxima = probabilities.amax(dim=0)
+    maxima[negative_class] = 0.0
+    total = maxima.sum()
+    # total is 0 only when every window gives the negative class exactly 1 (p_negative = 1 then)
+    shares = maxima / total if float(total) > 0 else maxima
+    combined = (1.0 - p_negative) * shares
+    combined[negative_class] = p_negative
+    return combined
 
 
 def _autocast_dtype(amp: bool | str | None, device: torch.device) -> torch.dtype | None:
@@ -205,6 +248,7 @@ def sliding_window_classify(
     overlap: float | Sequence[float] = 0.5,
     batch_size: int = 8,
     aggregate: str = "mean",
+    negative_class: int = 0,
     weight_by_foreground: bool = False,
     background_value: float = 0.0,
     device: str | torch.device | None = None,
@@ -220,7 +264,8 @@ def sliding_window_classify(
         window_size: spatial window size; default ``net.spatial_size``.
         overlap: fraction of a window shared with its neighbour, in [0, 1), one or per axis.
         batch_size: windows per forward pass.
-        aggregate: ``"mean"`` | ``"max"`` | ``"logit-mean"`` (see :func:`aggregate_windows`).
+        aggregate: ``"mean"`` | ``"max"`` | ``"logit-mean"`` | ``"any"`` (see :func:`aggregate_windows`).
+        negative_class: index of the negative class for ``aggregate="any"``.
         weight_by_foreground: weight windows by their fraction of voxels != ``background_value``.
         background_value: value of padding where the volume is smaller than the window (the
             preprocessing's background after intensity scaling), and of "background" for weighting.
@@ -295,7 +340,9 @@ def sliding_window_classify(
 
     window_logits = torch.cat(logits_parts).cpu()
     weights = torch.cat(weight_parts).cpu() if weight_by_foreground else None
-    probabilities, warnings = aggregate_windows(window_logits, aggregate, weights)
+    probabilities, warnings = aggregate_windows(
+        window_logits, aggregate, weights, negative_class=negative_class
+    )
     boxes = torch.tensor(list(grid.boxes()), dtype=torch.int64).reshape(grid.num_windows, len(window), 2)
     return SlidingWindowResult(
         probabilities=probabilities,

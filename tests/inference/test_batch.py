@@ -106,6 +106,26 @@ def test_cli_batch_exit_code_is_1_only_when_nothing_could_be_processed(model_fil
     assert [row["status"] for row in read_results(tmp_path / "b.csv")] == ["error"]
 
 
+def test_cli_batch_any_aggregation_equals_the_classifier(model_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from medres3d.cli import app
+    from medres3d.inference.classifier import Classifier
+
+    phantom = ct_phantom((30, 20, 12), lesion=True, seed=7)
+    scan = write_nifti(phantom, make_affine((1.0, 1.0, 2.0)), tmp_path / "in" / "s.nii.gz")
+    out = tmp_path / "any.csv"
+    args = ["batch", str(model_file), str(tmp_path / "in"), "--out", str(out), "--workers", "0",
+            "--no-progress", "--device", "cpu", "--aggregate", "any", "--negative-class", "normal"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (row,) = read_results(out)
+    expected = Classifier.load(model_file, device="cpu", aggregate="any").predict(scan)
+    assert expected.num_windows > 1 and row["label"] == expected.label
+    assert float(row["p_lesion"]) == pytest.approx(expected.probabilities["lesion"], abs=1e-6)
+    assert float(row["p_normal"]) == pytest.approx(expected.probabilities["normal"], abs=1e-6)
+
+
 def test_write_errors_raise_output_write_error_and_keep_rows(tmp_path):
     path = tmp_path / "r.csv"
     writer = ResultWriter(path, result_columns(["a", "b"]))

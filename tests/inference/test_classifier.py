@@ -8,7 +8,7 @@ import torch
 from inference_helpers import CLASS_NAMES, DeadlyScan, make_model_file
 
 from medres3d.errors import ConfigError, NormalizationNotFittedError
-from medres3d.inference.classifier import Classifier, resolve_device
+from medres3d.inference.classifier import Classifier, resolve_device, resolve_negative_class
 from medres3d.inference.sliding_window import sliding_window_classify
 from medres3d.io.readers import load_volume
 from medres3d.modelfile import read_model
@@ -153,3 +153,49 @@ def test_cli_predict_json_and_table(model_file, scans, tmp_path):
     assert table.exit_code == 0 and expected.label in table.stdout and "error" in table.stdout
     nothing = CliRunner().invoke(app, ["predict", str(model_file), str(missing), "--device", "cpu"])
     assert nothing.exit_code == 1
+
+
+def test_negative_class_is_resolved_by_name_index_or_convention():
+    assert resolve_negative_class(["lesion", "Normal"]) == 1
+    assert resolve_negative_class(["tumour", "healthy", "cyst"]) == 1
+    assert resolve_negative_class(["a", "b"]) == 0  # no conventional name: label 0
+    assert resolve_negative_class(["a", "b"], "b") == resolve_negative_class(["a", "b"], 1) == 1
+    assert resolve_negative_class(["a", "b"], "1") == 1  # an index typed on the command line
+    assert resolve_negative_class(["1", "0"], "0") == 1  # a class name wins over an index
+    with pytest.raises(ConfigError, match="could each be the negative class"):
+        resolve_negative_class(["normal", "background", "lesion"])
+    with pytest.raises(ConfigError, match=r"one of the classes \['a', 'b'\] or an index, got 'c'"):
+        resolve_negative_class(["a", "b"], "c")
+    with pytest.raises(ConfigError, match=r"index in \[0, 1\], got 2"):
+        resolve_negative_class(["a", "b"], 2)
+
+
+def test_any_aggregation_through_the_classifier_and_the_cli(model_file, scans):
+    import json
+
+    from typer.testing import CliRunner
+
+    from medres3d.cli import app
+
+    clf = Classifier.load(model_file, device="cpu", aggregate="any")
+    assert clf.options["negative_class"] == CLASS_NAMES.index("normal")
+    prediction = clf.predict(scans[0])
+    volume = torch.from_numpy(load_volume(scans[0]).array)
+    reference = sliding_window_classify(volume, read_model(model_file).net)
+    # two classes: p(lesion) = the largest window p(lesion), p(normal) = the smallest window p(normal)
+    window_lesion = reference.window_probabilities[:, CLASS_NAMES.index("lesion")]
+    assert reference.num_windows == 4
+    assert prediction.probabilities["lesion"] == pytest.approx(float(window_lesion.max()), abs=1e-6)
+    assert prediction.probabilities["normal"] == pytest.approx(1.0 - float(window_lesion.max()), abs=1e-6)
+    args = ["predict", str(model_file), str(scans[0]), "--device", "cpu", "--json", "--aggregate", "any"]
+    for chosen in ([], ["--negative-class", "normal"], ["--negative-class", "0"]):
+        result = CliRunner().invoke(app, [*args, *chosen])
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.stdout)
+        assert record["probabilities"] == pytest.approx(prediction.probabilities, abs=1e-7)
+    flipped = json.loads(CliRunner().invoke(app, [*args, "--negative-class", "lesion"]).stdout)
+    assert flipped["probabilities"]["normal"] == pytest.approx(
+        float(reference.window_probabilities[:, 0].max()), abs=1e-6
+    )
+    with pytest.raises(ConfigError, match="applies to aggregate='any' only"):
+        Classifier.load(model_file, device="cpu", negative_class="normal")

@@ -98,6 +98,47 @@ def test_aggregations_against_hand_computation():
         assert warnings == []
 
 
+def _any_by_hand(p: np.ndarray, negative: int) -> np.ndarray:
+    """The "any" rule written out: the scan is negative only if every window is."""
+    p_negative = p[:, negative].min()
+    maxima = {c: p[:, c].max() for c in range(p.shape[1]) if c != negative}
+    total = sum(maxima.values())
+    out = np.empty(p.shape[1])
+    out[negative] = p_negative
+    for c, m in maxima.items():
+        out[c] = (1.0 - p_negative) * m / total
+    return out
+
+
+def test_any_aggregation_against_hand_computation():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(6, 3)).astype(np.float32)
+    weights = np.array([0.0, 0.5, 1.0, 0.0, 0.25, 0.1], dtype=np.float32)
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    for negative in (0, 1, 2):
+        got, warnings = aggregate_windows(torch.from_numpy(logits), "any", negative_class=negative)
+        np.testing.assert_allclose(got.numpy(), _any_by_hand(p, negative), rtol=1e-5)
+        assert got.sum().item() == pytest.approx(1.0, abs=1e-6) and warnings == []
+        weighted, _ = aggregate_windows(
+            torch.from_numpy(logits), "any", torch.from_numpy(weights), negative_class=negative
+        )
+        np.testing.assert_allclose(weighted.numpy(), _any_by_hand(p[weights > 0], negative), rtol=1e-5)
+
+
+def test_any_finds_a_lesion_seen_by_few_windows_where_max_does_not():
+    # a big scan: 40 confidently normal windows and 3 that see the lesion
+    p_lesion = np.array([0.004] * 40 + [0.944, 0.7, 0.2])
+    logits = torch.from_numpy(np.log(np.stack([1.0 - p_lesion, p_lesion], axis=1))).float()
+    by_max, _ = aggregate_windows(logits, "max")
+    assert by_max.tolist() == pytest.approx([0.996, 0.944], abs=1e-5)  # argmax says "normal"
+    by_any, _ = aggregate_windows(logits, "any", negative_class=0)
+    # two classes: p(lesion) is the lesion's maximum over windows, p(normal) the rest
+    assert by_any.tolist() == pytest.approx([0.056, 0.944], abs=1e-5)
+    assert int(by_any.argmax()) == 1
+    with pytest.raises(ConfigError, match=r"negative_class must be a class index in \[0, 1\], got 2"):
+        aggregate_windows(logits, "any", negative_class=2)
+
+
 def test_all_background_weights_fall_back_to_uniform():
     logits = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
     got, warnings = aggregate_windows(logits, "mean", torch.zeros(2))
