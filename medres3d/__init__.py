@@ -32,17 +32,22 @@ _EXPORTS: dict[str, str] = {
     "find_dicom_series": "medres3d.io.dicom",
     "scan_dicom_tree": "medres3d.io.dicom",
     "DicomSeries": "medres3d.io.dicom",
+    "MedRes3DReader": "medres3d.io.monai_reader",
     "PreprocessingSpec": "medres3d.transforms",
     "preprocess": "medres3d.transforms",
+    "build_transforms": "medres3d.transforms",
     "save_model": "medres3d.modelfile",
     "load_model": "medres3d.modelfile",
     "read_model": "medres3d.modelfile",
     "ModelFile": "medres3d.modelfile",
     "Trainer": "medres3d.training",
     "TrainConfig": "medres3d.config",
+    "load_config": "medres3d.config",
     "sliding_window_classify": "medres3d.inference.sliding_window",
     "Classifier": "medres3d.inference.classifier",
     "Prediction": "medres3d.inference.classifier",
+    "run_batch": "medres3d.inference.batch",
+    "explain": "medres3d.explain",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
