@@ -47,7 +47,6 @@ _EXPORTS: dict[str, str] = {
     "Classifier": "medres3d.inference.classifier",
     "Prediction": "medres3d.inference.classifier",
     "run_batch": "medres3d.inference.batch",
-    "explain": "medres3d.explain",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
