@@ -35,6 +35,7 @@ from medres3d.io.voxels import check_finite, resolve_dtype, validate_nan_policy
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_TAIL_BYTES = 2**20
+_FIRST_READ_BYTES = 2**20
 # what nibabel, gzip and zlib raise on damaged input (nibabel's own errors derive from Exception)
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, IsalError)
 
@@ -190,35 +191,75 @@ def _read_voxels(img, out_dtype: np.dtype | None) -> np.ndarray:
     """The voxels with nibabel's scaling, in ``out_dtype`` (None: nibabel's own choice, native order)."""
     if out_dtype is not None:
         return np.asanyarray(img.dataobj, dtype=out_dtype).astype(out_dtype, copy=False)
-    data = np.asanyarray(img.dataobj)
+    return _native_or(np.asanyarray(img.dataobj), None)
+
+
+def _native_or(data: np.ndarray, out_dtype: np.dtype | None) -> np.ndarray:
+    """``data`` in ``out_dtype``, or (None) in its own type in native byte order."""
+    if out_dtype is not None:
+        return data.astype(out_dtype, copy=False)
     if not data.dtype.isnative:  # big-endian files: torch and most code need native byte order
         data = data.astype(data.dtype.newbyteorder("="))
     return data
 
 
 def _read_gzip_verified(img, path: Path, out_dtype: np.dtype | None, warnings: list[str]) -> np.ndarray:
-    """Read a ``.nii.gz``'s voxels through nibabel, then check the gzip CRC.
+    """Decompress a ``.nii.gz``'s voxels, check the gzip CRC, and scale them as nibabel does.
 
-    nibabel reads only the bytes the header needs and so never reaches the gzip trailer: a file
-    damaged inside the deflate stream can decode to wrong voxels without any error. Reading on to
-    the end of the stream makes the gzip reader verify the CRC (and the length); at most
+    The buffer grows with what the stream delivers (:func:`_read_at_most`) instead of being
+    allocated at the size the header claims, so a small file whose header claims a large image
+    costs about what it decompresses to before it is reported truncated. nibabel alone reads
+    only the bytes the header needs and so never reaches the gzip trailer: a file damaged inside
+    the deflate stream can decode to wrong voxels without any error. Reading on to the end of
+    the stream makes the gzip reader verify the CRC (and the length); at most
     ``_GZIP_TAIL_BYTES`` more are read, so a gzip bomb (a small image followed by gigabytes of
     padding) costs nothing and is reported as unverified instead.
     """
+    from nibabel.volumeutils import apply_read_scaling
+
+    proxy = img.dataobj  # nibabel's reading of the header: offset, stored dtype, shape, scaling
+    needed = math.prod(proxy.shape) * proxy.dtype.itemsize
     with igzip.open(path, "rb") as stream:
-        data = _read_voxels(type(img).from_stream(stream), out_dtype)
+        stream.seek(proxy.offset)
+        start = stream.tell()  # below proxy.offset when the stream ends first
+        raw = _read_at_most(stream, needed)
+        if raw.size < needed:
+            raise CorruptFileError(
+                path,
+                f"truncated: the header needs {proxy.offset + needed} bytes (offset + voxels) but the "
+                f"gzip stream decompresses to {start + raw.size}",
+            )
         tail = len(stream.read(_GZIP_TAIL_BYTES + 1))
     if tail > _GZIP_TAIL_BYTES:
         warnings.append(
             f"more than {_GZIP_TAIL_BYTES} bytes follow the image in the gzip stream; they were not "
             "decompressed, so the gzip CRC was not verified"
         )
-    return data
+    stored = raw.view(proxy.dtype).reshape(proxy.shape, order=proxy.order)
+    return _native_or(apply_read_scaling(stored, proxy.slope, proxy.inter), out_dtype)
+
+
+def _read_at_most(stream, count: int) -> np.ndarray:
+    """Up to ``count`` bytes of ``stream`` as uint8, in a buffer that grows only as bytes arrive.
+
+    The buffer starts at ``_FIRST_READ_BYTES`` and doubles (``ndarray.resize`` reallocates in
+    place where it can), so it never holds more than twice what the stream delivered.
+    """
+    buffer = np.empty(min(count, _FIRST_READ_BYTES), np.uint8)
+    filled = 0
+    while filled < count:
+        if filled == buffer.size:
+            buffer.resize(min(count, 2 * buffer.size), refcheck=False)  # no view of it is alive here
+        got = stream.readinto(buffer[filled:])
+        if not got:
+            break
+        filled += got
+    return buffer[:filled]
 
 
 def _check_uncompressed_size(img, path: Path) -> None:
-    header = img.header
-    needed = int(header.get_data_offset()) + math.prod(img.shape) * header.get_data_dtype().itemsize
+    proxy = img.dataobj  # its offset is where nibabel reads (352 when a .nii says vox_offset 0)
+    needed = proxy.offset + math.prod(proxy.shape) * proxy.dtype.itemsize
     actual = path.stat().st_size
     if actual < needed:
         raise CorruptFileError(

@@ -1,5 +1,6 @@
 import gzip
 import os
+import tracemalloc
 
 import nibabel as nib
 import numpy as np
@@ -269,3 +270,37 @@ def test_random_header_damage_gives_only_project_errors(tmp_path):
             outcome = type(err).__name__
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     assert outcomes.get("loaded", 0) > 0 and outcomes.get("CorruptFileError", 0) > 0, outcomes
+
+
+def test_short_gzip_stream_costs_what_it_delivers_not_what_the_header_claims(tmp_path):
+    header = nib.Nifti1Header()
+    header.set_data_shape((512, 512, 256))  # 128 MiB of int16 claimed
+    header.set_data_dtype(np.int16)
+    header.set_data_offset(352)
+    delivered = 3 * 2**20 + 7
+    path = tmp_path / "short.nii.gz"
+    path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * delivered, compresslevel=1))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptFileError, match=f"decompresses to {352 + delivered}") as info:
+            load_nifti(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    claimed = 352 + 512 * 512 * 256 * 2
+    assert str(info.value).startswith(f"{path}: truncated: the header needs {claimed} bytes")
+    assert peak < 4 * delivered, f"peak traced allocation {peak} bytes for {delivered} delivered"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "native"])
+@pytest.mark.parametrize("stored", [np.int16, np.uint8, np.float32])
+def test_gzip_voxels_are_scaled_exactly_as_nibabel_scales_them(tmp_path, dtype, stored):
+    array = np.random.default_rng(5).integers(0, 200, size=(5, 6, 7)).astype(stored)
+    img = nib.Nifti1Image(array, np.eye(4))
+    img.header.set_slope_inter(0.37, -1024.5)
+    nib.save(img, tmp_path / "s.nii.gz")
+    vol = load_nifti(tmp_path / "s.nii.gz", dtype=dtype)
+    proxy = nib.load(tmp_path / "s.nii.gz").dataobj
+    expected = np.asanyarray(proxy) if dtype == "native" else np.asanyarray(proxy, dtype=dtype)
+    assert vol.array.dtype == expected.dtype
+    np.testing.assert_array_equal(vol.array[0], expected)
