@@ -3,7 +3,8 @@
 The header is read and checked first (dimensions, voxel-count limit, data type, affine) so a
 hostile or damaged file is refused before its voxels are read. Geometry is nibabel's
 ``img.affine`` exactly: the sform when ``sform_code > 0``, else the qform when
-``qform_code > 0``, else the pixdim-only fallback (recorded as a warning). ``scl_slope`` /
+``qform_code > 0``, else the pixdim-only fallback (recorded as a warning); in the last two cases
+a zero, negative or NaN stored voxel size is an error, not nibabel's silent 1 mm. ``scl_slope`` /
 ``scl_inter`` are applied as nibabel applies them. A 4D file's fourth axis becomes the channels;
 5D+ files are accepted only when at most one non-spatial axis is longer than 1 (e.g. a
 ``(X, Y, Z, 1, 3)`` vector field gives 3 channels). For ``.nii.gz`` the gzip CRC is verified,
@@ -62,7 +63,7 @@ def load_nifti(
 
     Raises:
         CorruptFileError: empty, truncated, not NIfTI, bad gzip, zero/negative dimensions,
-            singular or non-finite affine.
+            singular or non-finite affine, a bad voxel size (``pixdim``) when ``sform_code`` is 0.
         UnsupportedFormatError: 2D, complex or RGB data, more than one non-spatial axis.
         ResourceLimitError: the header claims more than ``max_voxels`` voxels.
         InvalidVoxelsError: NaN/Inf voxels with ``nan_policy="raise"``.
@@ -179,12 +180,41 @@ def _checked_affine(img, path: Path) -> tuple[np.ndarray, str]:
         source = "qform"
     else:
         source = "pixdim"
+    if source != "sform":
+        _check_stored_voxel_size(img, path, source)
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)):
         raise CorruptFileError(path, f"the {source} affine has NaN/Inf entries:\n{affine}")
     if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise CorruptFileError(path, f"the {source} affine is singular (a zero voxel size?):\n{affine}")
     return affine, source
+
+
+def _check_stored_voxel_size(img, path: Path, source: str) -> None:
+    """Refuse a zero, negative or NaN voxel size when the affine is built from it.
+
+    nibabel "fixes" the header on load (a zero ``pixdim`` becomes 1, a negative one its absolute
+    value, with a log message only), so the stored values are read again, unchecked. With
+    ``sform_code`` 0 the affine is the qform rotation (or the identity) times these sizes:
+    substituting 1 mm or dropping a sign would give a plausible but wrong geometry.
+    """
+    try:
+        with (igzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+            block = f.read(img.header.sizeof_hdr)
+        stored = type(img.header)(block, check=False)["pixdim"][1:4]
+    except _READ_ERRORS as err:
+        raise CorruptFileError(path, f"not a readable NIfTI header: {err}") from err
+    if not np.all(np.isfinite(stored) & (stored > 0)):
+        sizes = f"({', '.join(str(v) for v in stored)})"  # str of float32 0.8 is 0.8, not 0.800000011920929
+        if source == "qform":
+            why = "sform_code is 0 and the qform affine is scaled by these sizes"
+        else:
+            why = "sform_code and qform_code are 0 and the affine is these sizes alone"
+        raise CorruptFileError(
+            path,
+            f"voxel size pixdim[1:4] is {sizes}, but each must be finite and positive: {why}, so the "
+            "geometry is unknown (nibabel would silently use 1 for a 0 and drop a minus sign)",
+        )
 
 
 def _read_voxels(img, out_dtype: np.dtype | None) -> np.ndarray:

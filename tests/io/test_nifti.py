@@ -304,3 +304,44 @@ def test_gzip_voxels_are_scaled_exactly_as_nibabel_scales_them(tmp_path, dtype, 
     expected = np.asanyarray(proxy) if dtype == "native" else np.asanyarray(proxy, dtype=dtype)
     assert vol.array.dtype == expected.dtype
     np.testing.assert_array_equal(vol.array[0], expected)
+
+
+def _with_stored_pixdim(tmp_path, name, sform_code, qform_code, pixdim):
+    """A file whose header bytes hold ``pixdim`` as given (nibabel would fix it on save)."""
+    img = nib.Nifti1Image(np.zeros((3, 4, 5), np.int16), _affine("oblique", spacing=(0.8, 0.8, 2.0)))
+    img.set_sform(img.affine, code=sform_code)
+    img.set_qform(img.affine, code=qform_code)
+    raw = bytearray(img.to_bytes())
+    header = nib.Nifti1Header(bytes(raw[:348]), check=False)
+    header["pixdim"] = pixdim
+    raw[:348] = header.binaryblock
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(bytes(raw)) if name.endswith(".gz") else bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("name", ["p.nii", "p.nii.gz"])
+@pytest.mark.parametrize(("sform_code", "qform_code", "source"), [(0, 1, "qform"), (0, 0, "affine is these")])
+@pytest.mark.parametrize(
+    ("pixdim", "shown"),
+    [
+        ([1, 0.8, 0, 2, 1, 1, 1, 1], r"\(0\.8, 0\.0, 2\.0\)"),
+        ([-1, -0.8, 0.8, 2, 1, 1, 1, 1], r"\(-0\.8, 0\.8, 2\.0\)"),
+        ([1, 0.8, 0.8, np.nan, 1, 1, 1, 1], r"\(0\.8, 0\.8, nan\)"),
+    ],
+)
+def test_bad_voxel_size_is_refused_when_the_affine_is_built_from_it(
+    tmp_path, name, sform_code, qform_code, source, pixdim, shown
+):
+    path = _with_stored_pixdim(tmp_path, name, sform_code, qform_code, pixdim)
+    with pytest.raises(CorruptFileError, match=f"pixdim\\[1:4\\] is {shown}") as info:
+        load_nifti(path)
+    assert str(info.value).startswith(f"{path}: ") and source in info.value.reason
+
+
+def test_bad_voxel_size_is_harmless_under_a_valid_sform(tmp_path):
+    path = _with_stored_pixdim(tmp_path, "s.nii.gz", 1, 1, [1, 0.8, 0, 2, 1, 1, 1, 1])
+    vol = load_nifti(path)
+    np.testing.assert_array_equal(vol.affine, nib.load(path).affine)
+    np.testing.assert_allclose(vol.spacing, (0.8, 0.8, 2.0))
+    assert vol.meta["affine_source"] == "sform" and vol.warnings == []
