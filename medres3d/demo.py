@@ -310,8 +310,9 @@ def _classify_large(
     evidence_path = evidence.save(out / "large_ct_evidence.nii.gz", "lesion")
     lesion_map = evidence.for_class("lesion")
     center = np.rint(np.argwhere(lesion_mask).mean(axis=0)).astype(int)
+    image = nib.load(large_path)
     report.large_volume = {
-        "shape": tuple(int(s) for s in nib.load(large_path).shape),
+        "shape": tuple(int(s) for s in image.shape),
         "label": prediction.label,
         "p_lesion": prediction.probabilities["lesion"],
         "num_windows": prediction.num_windows,
@@ -319,12 +320,11 @@ def _classify_large(
         "evidence_at_lesion": float(lesion_map[tuple(center)]),
         "evidence_median": float(np.median(lesion_map)),
     }
-    volume = np.asarray(nib.load(large_path).dataobj, dtype=np.float32)
     png = _plot_evidence(
-        volume,
+        image,
         lesion_map,
         lesion_mask,
-        center,
+        lesion_world[:3],
         out / "large_ct_evidence.png",
         prediction.probabilities["lesion"],
     )
@@ -341,48 +341,34 @@ def _classify_large(
 
 
 def _plot_evidence(
-    volume: np.ndarray, heat: np.ndarray, lesion: np.ndarray, center: np.ndarray, path: Path, p_lesion: float
+    image: Any, heat: np.ndarray, lesion: np.ndarray, point: np.ndarray, path: Path, p_lesion: float
 ) -> Path:
-    """CT slices through ``center`` (top) and the evidence map on the same slices (bottom).
+    """CT slices through ``point`` (top row) and the evidence map on the same slices (bottom row).
 
-    The arrays are RAS-indexed (i: right, j: anterior, k: superior); slices are shown in the
-    radiological convention: the patient's right on the viewer's left, anterior (axial) or superior
-    (coronal) at the top. The true lesion is outlined in green on every panel.
+    ``image`` is the large volume's NIfTI; ``heat`` and ``lesion`` lie on its voxel grid. Drawn by
+    :func:`medres3d.viz.plot_orthogonal` (radiological convention) on a plain Figure, with the true
+    lesion outlined in green on every panel.
     """
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from medres3d.viz import display_window, plot_orthogonal
 
-    _, j, k = (int(c) for c in center)
-
-    def axial(a: np.ndarray) -> np.ndarray:
-        return a[:, :, k].T[::-1, ::-1]
-
-    def coronal(a: np.ndarray) -> np.ndarray:
-        return a[:, j, :].T[::-1, ::-1]
-
-    fig, axes = plt.subplots(2, 2, figsize=(10, 8.5), constrained_layout=True)
-    for col, (name, view, (top, bottom)) in enumerate(
-        (("axial", axial, ("A", "P")), ("coronal", coronal, ("S", "I")))
-    ):
-        ct = axes[0, col].imshow(view(volume), cmap="gray", vmin=-160, vmax=240)
-        ev = axes[1, col].imshow(view(heat), cmap="inferno", vmin=0.0, vmax=1.0)
-        axes[0, col].set_title(f"{name} CT slice through the lesion")
-        axes[1, col].set_title(f"{name}: window probability of 'lesion'")
-        for ax in axes[:, col]:
-            ax.contour(view(lesion.astype(np.float32)), levels=[0.5], colors="lime", linewidths=1.2)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for text, x, y in (("R", 0.03, 0.5), ("L", 0.97, 0.5), (top, 0.5, 0.96), (bottom, 0.5, 0.04)):
-                ax.text(
-                    x, y, text, color="yellow", transform=ax.transAxes, ha="center", va="center", fontsize=12
-                )
-    fig.colorbar(ct, ax=axes[0, :], fraction=0.04, label="HU (soft-tissue window)")
-    fig.colorbar(ev, ax=axes[1, :], fraction=0.04, label="p(lesion), averaged over windows")
-    fig.suptitle(f"Sliding-window classification: p(lesion) = {p_lesion:.2f}; true lesion outlined in green")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    volume = np.asarray(image.dataobj, dtype=np.float32)
+    low, high, scale = display_window(volume, "CT")
+    figure = Figure(figsize=(13, 9), layout="constrained")
+    top, bottom = figure.subfigures(2, 1)
+    common = {"point": point, "outline": lesion, "crosshair": False}
+    plot_orthogonal(volume, image.affine, axes=top.subplots(1, 3), vmin=low, vmax=high, colorbar_label=scale,
+                    title="CT slices through the true lesion centre", **common)
+    plot_orthogonal(heat, image.affine, axes=bottom.subplots(1, 3), cmap="inferno", vmin=0.0, vmax=1.0,
+                    colorbar_label="p(lesion), averaged over windows",
+                    title="window probability of 'lesion' on the same slices", **common)
+    figure.suptitle(
+        f"Sliding-window classification: p(lesion) = {p_lesion:.2f} ('{AGGREGATE}' over windows); "
+        "true lesion outlined in green",
+        fontsize=14,
+    )
+    figure.savefig(path, dpi=100)
     return path
 
 

@@ -7,7 +7,7 @@ before global pooling). A volume larger than the network's input is explained wi
 overlap averaging, so windows stay comparable, and the whole map is scaled to [0, 1] once at the
 end. The map is then resampled through world coordinates onto the original scan's voxel grid, so
 the NIfTI it is saved as has the scan's shape and affine. :func:`save_overlay_png` draws three
-orthogonal slices through the map's maximum in radiological convention.
+orthogonal slices through the map's maximum in radiological convention (:mod:`medres3d.viz`).
 
 Example:
     >>> from medres3d.inference.classifier import Classifier
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from medres3d.inference.classifier import Classifier
+    from medres3d.viz import SliceView
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Explanation:
         layer: the target layer's MATLAB name.
         num_windows: windows explained.
         warnings: notes from loading and preprocessing.
+        modality: the scan's modality (e.g. "CT"; None when unknown, as for NIfTI), for display.
     """
 
     heatmap: np.ndarray
@@ -59,6 +61,7 @@ class Explanation:
     layer: str
     num_windows: int
     warnings: list[str] = field(default_factory=list)
+    modality: str | None = None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the heatmap as NIfTI with the scan's affine.
@@ -198,108 +201,69 @@ def explain(
         layer=matlab_name,
         num_windows=num_windows,
         warnings=warnings,
+        modality=prepared.volume.modality,
     )
 
 
-@dataclass(frozen=True)
-class View:
-    """One displayed slice: 2D images (rows top to bottom, columns left to right) and its labels."""
-
-    name: str
-    scan: np.ndarray
-    heatmap: np.ndarray
-    markers: tuple[str, str, str, str]  # left, right, top, bottom
-    aspect: float  # height of a pixel / its width (mm)
-    index: int
+def _peak_world(heatmap: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World position (RAS mm) of the heatmap's maximum."""
+    peak = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return (affine @ np.append(np.asarray(peak, dtype=float), 1.0))[:3]
 
 
-def orthogonal_views(scan: np.ndarray, heatmap: np.ndarray, affine: np.ndarray) -> list[View]:
+def orthogonal_views(scan: np.ndarray, heatmap: np.ndarray, affine: np.ndarray) -> list[SliceView]:
     """Axial, coronal and sagittal slices through the heatmap's maximum, in radiological convention.
 
-    The volumes are first reordered to the closest RAS+ axes (no interpolation). Axial: viewed from
-    the feet, patient's right on the image's left, anterior up. Coronal: viewed from the front,
-    patient's right on the left, head up. Sagittal: viewed from the patient's left, anterior on the
-    left, head up.
+    :func:`medres3d.viz.orthogonal_slices` of ``scan`` with ``heatmap`` as its overlay: ``image`` is
+    the scan's slice, ``overlay`` the heatmap's.
 
     Example:
         >>> views = orthogonal_views(np.zeros((4, 5, 6)), np.ones((4, 5, 6)), np.eye(4))
         >>> [(v.name, v.markers) for v in views][0]
         ('axial', ('R', 'L', 'A', 'P'))
     """
-    import nibabel as nib
+    from medres3d.viz import orthogonal_slices
 
-    transform = nib.orientations.ornt_transform(
-        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt("RAS")
-    )
-    canonical = affine @ nib.orientations.inv_ornt_aff(transform, heatmap.shape)
-    scan = nib.orientations.apply_orientation(scan, transform)
-    heatmap = nib.orientations.apply_orientation(heatmap, transform)
-    sx, sy, sz = np.linalg.norm(canonical[:3, :3], axis=0)
-    i, j, k = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-
-    def axial(a: np.ndarray) -> np.ndarray:  # rows: anterior -> posterior; columns: right -> left
-        return a[::-1, ::-1, k].T
-
-    def coronal(a: np.ndarray) -> np.ndarray:  # rows: superior -> inferior; columns: right -> left
-        return a[::-1, j, ::-1].T
-
-    def sagittal(a: np.ndarray) -> np.ndarray:  # rows: superior -> inferior; columns: anterior -> posterior
-        return a[i, ::-1, ::-1].T
-
-    return [
-        View("axial", axial(scan), axial(heatmap), ("R", "L", "A", "P"), sy / sx, int(k)),
-        View("coronal", coronal(scan), coronal(heatmap), ("R", "L", "S", "I"), sz / sx, int(j)),
-        View("sagittal", sagittal(scan), sagittal(heatmap), ("A", "P", "S", "I"), sz / sy, int(i)),
-    ]
+    return orthogonal_slices(scan, affine, point=_peak_world(heatmap, affine), overlay=heatmap)
 
 
 def save_overlay_png(explanation: Explanation, path: str | os.PathLike[str], *, alpha: float = 0.45) -> Path:
     """Three orthogonal slices through the heatmap's maximum, scan in grey, heatmap overlaid.
 
-    Radiological convention (see :func:`orthogonal_views`), orientation letters on every side,
-    a colour bar, and the explained class, its probability and the target layer in the title.
+    Drawn by :func:`medres3d.viz.plot_orthogonal` (radiological convention, orientation letters,
+    colour bars) on a plain ``matplotlib.figure.Figure``, so pyplot's backend (a notebook's inline
+    one) is left alone. A CT scan is shown in a soft-tissue window (W 400 / L 40), anything else in
+    its 1st-99th percentile range (:func:`medres3d.viz.display_window`). The title names the
+    explained class, its probability and the target layer.
 
     Example:
         >>> save_overlay_png(explain(clf, "scan.nii.gz"), "heatmap.png")  # doctest: +SKIP
     """
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from medres3d.viz import display_window, plot_orthogonal
 
     path = Path(path)
-    views = orthogonal_views(explanation.scan, explanation.heatmap, explanation.affine)
-    low, high = np.percentile(explanation.scan, [1, 99])
-    figure, axes = plt.subplots(1, 3, figsize=(13, 5), constrained_layout=True)
-    for axis, view in zip(axes, views, strict=True):
-        axis.imshow(
-            view.scan, cmap="gray", vmin=low, vmax=high if high > low else low + 1, aspect=view.aspect
-        )
-        overlay = axis.imshow(
-            view.heatmap, cmap="inferno", vmin=0.0, vmax=1.0, alpha=alpha, aspect=view.aspect
-        )
-        axis.set_title(f"{view.name} (slice {view.index})", fontsize=12)
-        axis.set_xticks([])
-        axis.set_yticks([])
-        left, right, top, bottom = view.markers
-        style = {"color": "yellow", "fontsize": 13, "fontweight": "bold", "transform": axis.transAxes}
-        axis.text(0.02, 0.5, left, ha="left", va="center", **style)
-        axis.text(0.98, 0.5, right, ha="right", va="center", **style)
-        axis.text(0.5, 0.98, top, ha="center", va="top", **style)
-        axis.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
-    bar = figure.colorbar(overlay, ax=axes, shrink=0.8)
-    bar.set_label("Grad-CAM (scaled to the maximum)", fontsize=11)
+    low, high, scale = display_window(explanation.scan, explanation.modality)
     probability = explanation.probabilities.get(explanation.label, float("nan"))
-    figure.suptitle(
-        f"Grad-CAM for class '{explanation.label}' (p = {probability:.3f}), layer {explanation.layer}; "
+    figure = Figure(figsize=(13, 5), layout="constrained")
+    plot_orthogonal(
+        explanation.scan,
+        explanation.affine,
+        point=_peak_world(explanation.heatmap, explanation.affine),
+        axes=figure.subplots(1, 3),
+        title=f"Grad-CAM for class '{explanation.label}' (p = {probability:.3f}), layer {explanation.layer}; "
         "radiological convention",
-        fontsize=13,
+        vmin=low,
+        vmax=high,
+        colorbar_label=scale,
+        overlay=explanation.heatmap,
+        overlay_alpha=alpha,
+        overlay_label="Grad-CAM (scaled to the maximum)",
     )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=110)
     except OSError as err:
         raise OutputWriteError(path, f"could not write the PNG: {err}") from err
-    finally:
-        plt.close(figure)
     return path

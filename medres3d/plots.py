@@ -1,4 +1,7 @@
-"""Figures of a training run: learning curves and the validation confusion matrix (PNG, Agg backend).
+"""Figures of a training run: learning curves and the validation confusion matrix (PNG files).
+
+Drawn on plain ``matplotlib.figure.Figure`` objects, not through pyplot: writing a file then needs
+no backend switch, so a notebook's inline backend keeps working after training.
 
 Example:
     >>> history = [{"epoch": 1, "train_loss": 0.7, "val_loss": 0.6, "train_accuracy": 0.5,
@@ -17,24 +20,17 @@ from typing import Any
 import numpy as np
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers; must precede the pyplot import
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _series(history: Sequence[dict[str, Any]], key: str) -> list[float]:
     return [math.nan if h.get(key) is None else float(h[key]) for h in history]
 
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Loss (train, validation) and validation accuracy / balanced accuracy / AUC per epoch."""
-    plt = _pyplot()
+    from matplotlib.figure import Figure
+
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2), layout="tight")
+    ax_loss, ax_score = fig.subplots(1, 2)
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
         ax_loss.plot(epochs, _series(history, key), marker="o", label=label)
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
@@ -49,22 +45,22 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_confusion_matrix(counts: np.ndarray, class_names: Sequence[str], path: str | os.PathLike[str],
                           title: str = "Validation confusion matrix") -> Path:
     """Counts with row-normalized colours (recall per true class), class names on both axes."""
-    plt = _pyplot()
+    from matplotlib.figure import Figure
+
     counts = np.asarray(counts)
     k = len(class_names)
     totals = counts.sum(axis=1, keepdims=True)
     fractions = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
     size = max(4.0, 0.7 * k + 2.5)
-    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    fig = Figure(figsize=(size + 1.0, size), layout="tight")
+    ax = fig.subplots()
     image = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     slanted = k > 3  # long lists of names overlap when horizontal
@@ -76,7 +72,5 @@ def plot_confusion_matrix(counts: np.ndarray, class_names: Sequence[str], path: 
         for j in range(k):
             ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
                     color="white" if fractions[i, j] > 0.6 else "black")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)

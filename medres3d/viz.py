@@ -32,7 +32,10 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["SliceView", "orthogonal_slices", "plot_orthogonal"]
+__all__ = ["SOFT_TISSUE_WINDOW", "SliceView", "display_window", "orthogonal_slices", "plot_orthogonal"]
+
+SOFT_TISSUE_WINDOW = (40.0, 400.0)  # CT display window (level, width) in HU: -160 to 240 HU
+_AIR_HU = -500.0  # a 1st percentile this low means Hounsfield units (air); MR intensities are >= 0
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,32 @@ def _as_array_and_affine(image: Any, affine: Any, channel: int) -> tuple[np.ndar
     if affine.shape != (4, 4):
         raise ConfigError(f"affine must be 4x4, got shape {affine.shape}")
     return data, affine
+
+
+def _percentile_range(values: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(values, [1, 99])
+    return float(low), float(high if high > low else low + 1)
+
+
+def display_window(values: Any, modality: str | None = None) -> tuple[float, float, str]:
+    """Display range and a colour-bar label for a scan: a soft-tissue window for CT, else percentiles.
+
+    A scan is taken as CT when ``modality`` is ``"CT"``, or when the modality is unknown (NIfTI) and
+    its 1st percentile is at most -500 (air in Hounsfield units). CT gets :data:`SOFT_TISSUE_WINDOW`
+    (W 400 / L 40: -160 to 240 HU), where a 1st-99th percentile range (air to bone) would wash out
+    the soft tissue; anything else gets its 1st to 99th percentile.
+
+    Example:
+        >>> display_window(np.array([-1000.0, 0.0, 40.0, 700.0]))
+        (-160.0, 240.0, 'HU, soft-tissue window (W 400, L 40)')
+    """
+    values = np.asarray(values)
+    name = (modality or "").upper()
+    if name == "CT" or (not name and np.percentile(values, 1) <= _AIR_HU):
+        level, width = SOFT_TISSUE_WINDOW
+        return level - width / 2, level + width / 2, f"HU, soft-tissue window (W {width:g}, L {level:g})"
+    low, high = _percentile_range(values)
+    return low, high, "intensity (1st to 99th percentile)"
 
 
 def orthogonal_slices(
@@ -181,19 +210,25 @@ def plot_orthogonal(
     overlay_range: tuple[float, float] = (0.0, 1.0),
     overlay_alpha: float = 0.45,
     overlay_label: str | None = None,
+    outline: Any = None,
+    outline_color: str = "lime",
     crosshair: bool = True,
 ) -> Figure:
     """Draw :func:`orthogonal_slices` on three axes, with orientation letters and colour bars.
 
     Args:
         image, affine, point, channel, overlay: as :func:`orthogonal_slices`.
-        axes: three matplotlib axes to draw on; default a new figure. For several rows in one figure,
-            give each row its own ``fig.subfigures(rows, 1)[r].subplots(1, 3)``, so that the
-            title and the colour bars belong to the row.
+        axes: three matplotlib axes to draw on; default a new pyplot figure (shown inline in a
+            notebook). For several rows in one figure, give each row its own
+            ``fig.subfigures(rows, 1)[r].subplots(1, 3)``, so that the title and the colour bars
+            belong to the row. To write files without touching pyplot's backend, draw on the axes
+            of a ``matplotlib.figure.Figure`` and call its ``savefig``.
         title: the (sub)figure's title.
         cmap, vmin, vmax: the image's colour map and range (default the 1st..99th percentile).
         colorbar_label: label of the image's colour bar (e.g. "HU").
         overlay_cmap, overlay_range, overlay_alpha, overlay_label: how the overlay is drawn.
+        outline: a mask on the image's voxel grid (e.g. the true lesion), drawn as a contour at 0.5.
+        outline_color: the contour's colour.
         crosshair: mark the point on each slice.
 
     Returns:
@@ -208,6 +243,13 @@ def plot_orthogonal(
     import matplotlib.pyplot as plt
 
     views = orthogonal_slices(image, affine, point=point, overlay=overlay, channel=channel)
+    outlines: list[SliceView | None] = [None] * 3
+    if outline is not None:
+        data, resolved = _as_array_and_affine(image, affine, channel)
+        mask, _ = _as_array_and_affine(outline, resolved, channel)
+        if mask.shape != data.shape:
+            raise ConfigError(f"outline shape {mask.shape} must match the image's {data.shape}")
+        outlines = orthogonal_slices(mask.astype(np.float32), resolved, point=point)
     if axes is None:
         figure, axes = plt.subplots(1, 3, figsize=(13, 4.6), constrained_layout=True)
     elif len(axes) != 3:
@@ -216,17 +258,21 @@ def plot_orthogonal(
     if title:
         figure.suptitle(title, fontsize=13)
     if vmin is None or vmax is None:
-        values = np.concatenate([v.image.ravel() for v in views])
-        low, high = np.percentile(values, [1, 99])
-        vmin = float(low) if vmin is None else vmin
-        vmax = float(high if high > low else low + 1) if vmax is None else vmax
+        low, high = _percentile_range(np.concatenate([v.image.ravel() for v in views]))
+        vmin = low if vmin is None else vmin
+        vmax = high if vmax is None else vmax
     picture = shown = None
-    for axis, view in zip(axes, views, strict=True):
+    for axis, view, mask_view in zip(axes, views, outlines, strict=True):
         picture = axis.imshow(view.image, cmap=cmap, vmin=vmin, vmax=vmax, aspect=view.aspect,
                               interpolation="nearest")
         if view.overlay is not None:
             shown = axis.imshow(view.overlay, cmap=overlay_cmap, vmin=overlay_range[0], vmax=overlay_range[1],
                                 alpha=overlay_alpha, aspect=view.aspect, interpolation="nearest")
+        if mask_view is not None and np.ptp(mask_view.image) > 0:
+            limits = axis.get_xlim(), axis.get_ylim()  # a contour would shrink them by half a pixel
+            axis.contour(mask_view.image, levels=[0.5], colors=outline_color, linewidths=1.2)
+            axis.set_xlim(limits[0])
+            axis.set_ylim(limits[1])
         if crosshair:
             column, row = view.crosshair
             axis.axvline(column, color="cyan", lw=0.6, alpha=0.6)

@@ -11,7 +11,7 @@ import pytest
 
 from medres3d.errors import ConfigError
 from medres3d.synthetic import centered_origin, make_affine
-from medres3d.viz import orthogonal_slices, plot_orthogonal
+from medres3d.viz import SOFT_TISSUE_WINDOW, display_window, orthogonal_slices, plot_orthogonal
 
 SHAPE = (9, 10, 11)
 SPACING = (1.0, 1.5, 2.0)
@@ -80,3 +80,27 @@ def test_plot_draws_three_slices_and_colour_bars():
     assert [a.get_xlabel() for a in figure.axes[:3]] == ["axial (slice 5)", "coronal (slice 4)",
                                                          "sagittal (slice 4)"]
     plt.close(figure)
+
+
+def test_outline_is_drawn_around_the_marker_on_each_slice():
+    affine = centered_origin(SHAPE, make_affine(SPACING, "coronal", flip=(True, False, False)))
+    volume, where = _marker_volume(affine)
+    figure = plot_orthogonal(volume, affine, point=where, outline=volume > 0)
+    views = orthogonal_slices(volume, affine, point=where)
+    for axis, view in zip(figure.axes[:3], views, strict=True):
+        (contour,) = [c for c in axis.collections if hasattr(c, "allsegs")]
+        points = np.concatenate(contour.allsegs[0])  # (x, y) = (column, row)
+        # the 0.5 level of a one-voxel mask lies within half a pixel of the marker's pixel
+        assert np.all(np.abs(points - view.crosshair) <= 0.5 + 1e-9), view.name
+    plt.close(figure)
+
+
+def test_display_window_is_soft_tissue_for_ct_and_percentiles_otherwise():
+    level, width = SOFT_TISSUE_WINDOW
+    ct = np.random.default_rng(1).normal(40.0, 30.0, size=1000)  # no air: HU only by its modality
+    assert display_window(ct, "CT")[:2] == (level - width / 2, level + width / 2) == (-160.0, 240.0)
+    with_air = np.concatenate([ct, np.full(100, -1000.0)])
+    assert display_window(with_air)[:2] == (-160.0, 240.0)  # unknown modality, Hounsfield-like values
+    mr = np.random.default_rng(2).gamma(2.0, 100.0, size=1000)
+    assert display_window(mr, "MR")[:2] == pytest.approx(tuple(np.percentile(mr, [1, 99])))
+    assert display_window(ct)[:2] == pytest.approx(tuple(np.percentile(ct, [1, 99])))

@@ -65,8 +65,9 @@ def test_views_follow_radiological_convention():
     views = {v.name: v for v in orthogonal_views(np.zeros_like(heat), heat, affine)}
 
     def hot(view):
-        row, column = np.unravel_index(np.argmax(view.heatmap), view.heatmap.shape)
-        return row / view.heatmap.shape[0], column / view.heatmap.shape[1]
+        row, column = np.unravel_index(np.argmax(view.overlay), view.overlay.shape)
+        assert (column, row) == view.crosshair  # the slices pass through the maximum
+        return row / view.overlay.shape[0], column / view.overlay.shape[1]
 
     row, column = hot(views["axial"])
     assert row < 0.5 and column < 0.5  # anterior up, patient's right on the image's left
