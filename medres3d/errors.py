@@ -7,13 +7,18 @@ in the message, so a batch error row says which scan failed and why.
 Example:
     >>> from medres3d.errors import CorruptFileError
     >>> err = CorruptFileError("scan.dcm", "file is empty (0 bytes)")
-    >>> str(err)
-    "scan.dcm: file is empty (0 bytes)"
+    >>> print(err)
+    scan.dcm: file is empty (0 bytes)
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medres3d.io.dicom_scan import DicomSeries
 
 
 class MedRes3DError(Exception):
@@ -50,6 +55,17 @@ class UnsupportedFormatError(VolumeLoadError):
 
 class NotAnImageError(VolumeLoadError):
     """A DICOM object without pixels (SEG, SR, RTSTRUCT, PR, DICOMDIR), or a folder with no series."""
+
+
+class MultipleSeriesError(VolumeLoadError):
+    """A folder holds several image series and none was chosen; ``series`` lists them."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, series: Sequence[DicomSeries] = ()) -> None:
+        super().__init__(path, reason)
+        self.series = list(series)
+
+    def __reduce__(self):  # the list of series is not needed to rebuild the message
+        return (type(self), (self.path, self.reason))
 
 
 class SeriesGeometryError(VolumeLoadError):

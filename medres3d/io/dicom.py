@@ -26,6 +26,7 @@ from pathlib import Path
 
 from medres3d.errors import (
     CorruptFileError,
+    MultipleSeriesError,
     NotAnImageError,
     ResourceLimitError,
     UnsupportedFormatError,
@@ -59,17 +60,6 @@ _SKIP_ERRORS: dict[str, type[VolumeLoadError]] = {
     "unsupported": UnsupportedFormatError,
     "resource": ResourceLimitError,
 }
-
-
-class MultipleSeriesError(VolumeLoadError):
-    """A folder holds several image series and none was chosen; ``series`` lists them."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str, series: Sequence[DicomSeries] = ()) -> None:
-        super().__init__(path, reason)
-        self.series = list(series)
-
-    def __reduce__(self):  # the list of series is not needed to rebuild the message
-        return (type(self), (self.path, self.reason))
 
 
 def load_dicom_series(

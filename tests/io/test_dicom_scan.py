@@ -1,13 +1,15 @@
 """Series discovery: grouping, splitting, localizers, skipped files, choosing a series."""
 
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 
-from medres3d.errors import CorruptFileError, NotAnImageError
-from medres3d.io.dicom import MultipleSeriesError, load_dicom_series, scan_dicom_tree
+from medres3d.errors import CorruptFileError, MultipleSeriesError, NotAnImageError, VolumeLoadError
+from medres3d.io import dicom
+from medres3d.io.dicom import load_dicom_series, scan_dicom_tree
 from medres3d.synthetic import (
     make_affine,
     make_messy_dicom_tree,
@@ -56,6 +58,10 @@ def test_two_series_and_localizers_in_one_folder_come_back_separately(tmp_path):
     with pytest.raises(MultipleSeriesError, match="2 image series found") as info:
         load_dicom_series(tmp_path)
     assert "1.2.3.1" in str(info.value) and "'B'" in str(info.value) and len(info.value.series) == 2
+    # one class in medres3d.errors, still importable from medres3d.io.dicom; crosses processes by pickle
+    assert dicom.MultipleSeriesError is MultipleSeriesError and isinstance(info.value, VolumeLoadError)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is MultipleSeriesError and str(copy) == str(info.value)
 
     vol_a = load_dicom_series(tmp_path, series_uid="1.2.3.1")
     np.testing.assert_array_equal(vol_a.array[0], a)
