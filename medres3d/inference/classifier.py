@@ -386,11 +386,12 @@ class Classifier:
             "overlap": overlap,
             "batch_size": batch_size,
             "aggregate": aggregate,
-            "negative_class": resolve_negative_class(class_names, negative_class),
             "weight_by_foreground": weight_by_foreground,
             "amp": amp,
             "channels_last": channels_last,
         }
+        if aggregate == "any":  # resolved only here: other aggregations have no negative class
+            self.options["negative_class"] = resolve_negative_class(class_names, negative_class)
         self.evidence = evidence
         self.evidence_cell_size = evidence_cell_size
         self.source = source

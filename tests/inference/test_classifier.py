@@ -12,6 +12,7 @@ from medres3d.inference.classifier import Classifier, resolve_device, resolve_ne
 from medres3d.inference.sliding_window import sliding_window_classify
 from medres3d.io.readers import load_volume
 from medres3d.modelfile import read_model
+from medres3d.models.resnet3d import resnet3d
 from medres3d.synthetic import ct_phantom, make_affine, write_nifti
 
 
@@ -164,6 +165,10 @@ def test_negative_class_is_resolved_by_name_index_or_convention():
     assert resolve_negative_class(["1", "0"], "0") == 1  # a class name wins over an index
     with pytest.raises(ConfigError, match="could each be the negative class"):
         resolve_negative_class(["normal", "background", "lesion"])
+    net = resnet3d((8, 8, 8), 3, initial_num_filters=4, num_filters=(4, 8), stack_depth=(1, 1),
+                   normalization="none")
+    names = ["normal", "background", "lesion"]
+    assert "negative_class" not in Classifier(net, names, device="cpu").options  # only "any" needs one
     with pytest.raises(ConfigError, match=r"one of the classes \['a', 'b'\] or an index, got 'c'"):
         resolve_negative_class(["a", "b"], "c")
     with pytest.raises(ConfigError, match=r"index in \[0, 1\], got 2"):
