@@ -10,6 +10,11 @@ large clinical CT (512x512x600 is 1.6e8 voxels), small enough that a refusal pro
 Rare genuine giants (a 1024x1024x2000 micro-CT is 2.1e9) need the limit raised on purpose;
 pass ``max_voxels=None`` to disable the check.
 
+``DEFAULT_MAX_BYTES`` (``2**32``, 4 GiB) bounds the bytes a NIfTI header makes the reader
+decompress or read for one image (data offset plus stored voxels): the voxel count alone does not,
+since a header can put the data after gigabytes of padding (``vox_offset``) and voxels can be
+8 bytes wide. 4 GiB is 16 times a 512x512x500 int16 CT; pass ``max_bytes=None`` to disable it.
+
 Example:
     >>> from medres3d.io.limits import check_voxel_count
     >>> check_voxel_count((1, 512, 512, 300), "scan.nii.gz")
@@ -25,15 +30,25 @@ from collections.abc import Sequence
 from medres3d.errors import ConfigError, ResourceLimitError
 
 DEFAULT_MAX_VOXELS: int = 2**30
+DEFAULT_MAX_BYTES: int = 2**32
 
 
 def validate_max_voxels(max_voxels: int | None) -> int | None:
     """Return ``max_voxels`` if it is a positive integer or None, else raise ConfigError."""
-    if max_voxels is None:
+    return _positive_int_or_none("max_voxels", max_voxels)
+
+
+def validate_max_bytes(max_bytes: int | None) -> int | None:
+    """Return ``max_bytes`` if it is a positive integer or None, else raise ConfigError."""
+    return _positive_int_or_none("max_bytes", max_bytes)
+
+
+def _positive_int_or_none(name: str, value: int | None) -> int | None:
+    if value is None:
         return None
-    if isinstance(max_voxels, bool) or not isinstance(max_voxels, int) or max_voxels <= 0:
-        raise ConfigError(f"max_voxels must be a positive integer or None, got {max_voxels!r}")
-    return max_voxels
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+    return value
 
 
 def check_voxel_count(
@@ -73,3 +88,43 @@ more than the limit max_voxels=1000000000 (raise it with max_voxels=... if the s
             "(raise it with max_voxels=... if the scan is genuine)",
         )
     return count
+
+
+def check_byte_count(
+    offset: int,
+    data_bytes: int,
+    path: str | os.PathLike[str],
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+) -> int:
+    """Refuse an image whose header needs more than ``max_bytes`` bytes read (or decompressed).
+
+    Args:
+        offset: where the header says the voxel data starts.
+        data_bytes: the stored voxel bytes the header claims.
+        path: the file, named in the error.
+        max_bytes: the limit; None disables it.
+
+    Returns:
+        ``offset + data_bytes``.
+
+    Raises:
+        ResourceLimitError: the total exceeds ``max_bytes``.
+        ConfigError: ``max_bytes`` is not a positive integer or None.
+
+    Example:
+        >>> check_byte_count(10**10, 2**20, "padded.nii.gz")
+        Traceback (most recent call last):
+        ...
+        medres3d.errors.ResourceLimitError: padded.nii.gz: header needs 10001048576 bytes (data offset \
+10000000000 + 1048576 of voxels), more than the limit max_bytes=4294967296 (raise it with max_bytes=... \
+if the scan is genuine)
+    """
+    limit = validate_max_bytes(max_bytes)
+    total = int(offset) + int(data_bytes)
+    if limit is not None and total > limit:
+        raise ResourceLimitError(
+            path,
+            f"header needs {total} bytes (data offset {offset} + {data_bytes} of voxels), more than the "
+            f"limit max_bytes={limit} (raise it with max_bytes=... if the scan is genuine)",
+        )
+    return total

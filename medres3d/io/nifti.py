@@ -29,7 +29,13 @@ from isal import igzip  # ISA-L: a drop-in gzip reader, 2-3x faster than zlib
 from isal.isal_zlib import error as IsalError
 
 from medres3d.errors import CorruptFileError, ResourceLimitError, UnsupportedFormatError
-from medres3d.io.limits import DEFAULT_MAX_VOXELS, check_voxel_count
+from medres3d.io.limits import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_VOXELS,
+    check_byte_count,
+    check_voxel_count,
+    validate_max_bytes,
+)
 from medres3d.io.volume import Volume
 from medres3d.io.voxels import check_finite, resolve_dtype, validate_nan_policy
 
@@ -52,6 +58,7 @@ def load_nifti(
     dtype: str = "float32",
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
     nan_policy: str = "raise",
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
 ) -> Volume:
     """Read a ``.nii`` / ``.nii.gz`` file into a Volume ``(C, H, W, D)`` with its RAS+ affine.
 
@@ -60,12 +67,15 @@ def load_nifti(
         dtype: ``"float32"`` (default), ``"float64"`` or ``"native"`` (see :mod:`medres3d.io.voxels`).
         max_voxels: refuse files whose header claims more voxels (None: no limit).
         nan_policy: ``"raise"`` (default), ``"zero"`` or ``"keep"`` for NaN/Inf voxels.
+        max_bytes: refuse files whose header needs more bytes read (decompressed for ``.nii.gz``)
+            than this: data offset plus stored voxels (None: no limit).
 
     Raises:
         CorruptFileError: empty, truncated, not NIfTI, bad gzip, zero/negative dimensions,
             singular or non-finite affine, a bad voxel size (``pixdim``) when ``sform_code`` is 0.
         UnsupportedFormatError: 2D, complex or RGB data, more than one non-spatial axis.
-        ResourceLimitError: the header claims more than ``max_voxels`` voxels.
+        ResourceLimitError: the header claims more than ``max_voxels`` voxels or needs more
+            than ``max_bytes`` bytes.
         InvalidVoxelsError: NaN/Inf voxels with ``nan_policy="raise"``.
 
     Example:
@@ -80,6 +90,7 @@ def load_nifti(
 
     out_dtype = resolve_dtype(dtype)
     validate_nan_policy(nan_policy)
+    validate_max_bytes(max_bytes)
     path = Path(path)
     _check_file_start(path)
     try:
@@ -93,13 +104,18 @@ def load_nifti(
     num_channels = math.prod(shape[3:])
     check_voxel_count((*shape[:3], num_channels), path, max_voxels)
     _check_data_dtype(img.header.get_data_dtype(), path)
+    # nibabel's reading of the header (data offset, stored dtype and shape, scaling); after loading,
+    # img.header's vox_offset reads 0 and only the proxy keeps where the data starts
+    proxy = img.dataobj
+    voxel_bytes = math.prod(proxy.shape) * proxy.dtype.itemsize
+    data_end = check_byte_count(proxy.offset, voxel_bytes, path, max_bytes)
     affine, affine_source = _checked_affine(img, path)
     warnings: list[str] = []
     try:
         if path.name.lower().endswith(".gz"):
-            data = _read_gzip_verified(img, path, out_dtype, warnings)
+            data = _read_gzip_verified(proxy, voxel_bytes, path, out_dtype, warnings)
         else:
-            _check_uncompressed_size(img, path)
+            _check_file_size(path, data_end)
             data = _read_voxels(img, out_dtype)
     except MemoryError as err:
         raise ResourceLimitError(path, f"not enough memory for {shape} voxels") from err
@@ -233,7 +249,9 @@ def _native_or(data: np.ndarray, out_dtype: np.dtype | None) -> np.ndarray:
     return data
 
 
-def _read_gzip_verified(img, path: Path, out_dtype: np.dtype | None, warnings: list[str]) -> np.ndarray:
+def _read_gzip_verified(
+    proxy, voxel_bytes: int, path: Path, out_dtype: np.dtype | None, warnings: list[str]
+) -> np.ndarray:
     """Decompress a ``.nii.gz``'s voxels, check the gzip CRC, and scale them as nibabel does.
 
     The buffer grows with what the stream delivers (:func:`_read_at_most`) instead of being
@@ -247,16 +265,14 @@ def _read_gzip_verified(img, path: Path, out_dtype: np.dtype | None, warnings: l
     """
     from nibabel.volumeutils import apply_read_scaling
 
-    proxy = img.dataobj  # nibabel's reading of the header: offset, stored dtype, shape, scaling
-    needed = math.prod(proxy.shape) * proxy.dtype.itemsize
     with igzip.open(path, "rb") as stream:
         stream.seek(proxy.offset)
         start = stream.tell()  # below proxy.offset when the stream ends first
-        raw = _read_at_most(stream, needed)
-        if raw.size < needed:
+        raw = _read_at_most(stream, voxel_bytes)
+        if raw.size < voxel_bytes:
             raise CorruptFileError(
                 path,
-                f"truncated: the header needs {proxy.offset + needed} bytes (offset + voxels) but the "
+                f"truncated: the header needs {proxy.offset + voxel_bytes} bytes (offset + voxels) but the "
                 f"gzip stream decompresses to {start + raw.size}",
             )
         tail = len(stream.read(_GZIP_TAIL_BYTES + 1))
@@ -287,9 +303,7 @@ def _read_at_most(stream, count: int) -> np.ndarray:
     return buffer[:filled]
 
 
-def _check_uncompressed_size(img, path: Path) -> None:
-    proxy = img.dataobj  # its offset is where nibabel reads (352 when a .nii says vox_offset 0)
-    needed = proxy.offset + math.prod(proxy.shape) * proxy.dtype.itemsize
+def _check_file_size(path: Path, needed: int) -> None:
     actual = path.stat().st_size
     if actual < needed:
         raise CorruptFileError(

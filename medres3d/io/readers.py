@@ -23,7 +23,7 @@ from pathlib import Path
 
 from medres3d.errors import ConfigError, CorruptFileError, UnsupportedFormatError, VolumeLoadError
 from medres3d.io.itk import ITK_SUFFIXES, is_itk_path, load_itk
-from medres3d.io.limits import DEFAULT_MAX_VOXELS, validate_max_voxels
+from medres3d.io.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_VOXELS, validate_max_bytes, validate_max_voxels
 from medres3d.io.nifti import NIFTI_SUFFIXES, is_nifti_path, load_nifti
 from medres3d.io.volume import Volume
 from medres3d.io.voxels import check_finite, resolve_dtype, validate_nan_policy
@@ -43,6 +43,7 @@ def load_volume(
     strict: bool = False,
     nan_policy: str = "raise",
     series_uid: str | None = None,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
 ) -> Volume:
     """Load a scan (file or DICOM series folder) as a Volume ``(C, H, W, D)`` with a RAS+ affine.
 
@@ -56,6 +57,10 @@ def load_volume(
             conflicting duplicates instead of recording warnings on the Volume.
         nan_policy: ``"raise"`` (default), ``"zero"`` or ``"keep"`` for NaN/Inf voxels.
         series_uid: DICOM folders only: which series to load when the folder holds several.
+        max_bytes: NIfTI only: refuse a file whose header needs more bytes read (decompressed for
+            ``.nii.gz``: data offset plus stored voxels) than this, before reading them (default
+            :data:`medres3d.io.limits.DEFAULT_MAX_BYTES`; None: no limit). A Deflated DICOM file
+            has its own fixed limit on the bytes it inflates to.
 
     Raises:
         VolumeLoadError: the path does not exist (or a subclass below).
@@ -75,6 +80,7 @@ def load_volume(
     resolve_dtype(dtype)
     validate_nan_policy(nan_policy)
     validate_max_voxels(max_voxels)
+    validate_max_bytes(max_bytes)
     path = Path(path)
     if not path.exists():
         raise VolumeLoadError(path, "no such file or directory")
@@ -88,7 +94,9 @@ def load_volume(
             path, series_uid=series_uid, dtype=dtype, max_voxels=max_voxels, strict=strict
         )
     elif is_nifti_path(path):
-        return load_nifti(path, dtype=dtype, max_voxels=max_voxels, nan_policy=nan_policy)
+        return load_nifti(
+            path, dtype=dtype, max_voxels=max_voxels, nan_policy=nan_policy, max_bytes=max_bytes
+        )
     elif is_itk_path(path):
         return load_itk(path, dtype=dtype, max_voxels=max_voxels, nan_policy=nan_policy)
     elif _looks_like_dicom(path):

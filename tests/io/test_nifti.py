@@ -345,3 +345,28 @@ def test_bad_voxel_size_is_harmless_under_a_valid_sform(tmp_path):
     np.testing.assert_array_equal(vol.affine, nib.load(path).affine)
     np.testing.assert_allclose(vol.spacing, (0.8, 0.8, 2.0))
     assert vol.meta["affine_source"] == "sform" and vol.warnings == []
+
+
+@pytest.mark.parametrize("name", ["big.nii", "big.nii.gz"])
+def test_max_bytes_refuses_from_the_header_before_reading(tmp_path, name):
+    from medres3d.io.readers import load_volume
+
+    array = np.zeros((16, 16, 16), np.float64)  # 32768 bytes of voxels after a 352-byte header
+    path = _save(tmp_path, array, np.eye(4), name)
+    with pytest.raises(ResourceLimitError, match=r"needs 33120 bytes \(data offset 352 \+ 32768 of voxels\)"):
+        load_volume(path, max_bytes=33119)
+    assert load_volume(path, max_bytes=33120).shape == (1, 16, 16, 16)
+    with pytest.raises(ConfigError, match="max_bytes must be a positive integer or None, got 0"):
+        load_volume(path, max_bytes=0)
+
+
+def test_data_offset_padding_counts_against_max_bytes(tmp_path):
+    # vox_offset far into a stream of zeros: the voxels are small but reaching them means
+    # decompressing the padding, which the voxel limit alone would allow
+    image = nib.Nifti1Image(np.ones((4, 4, 4), np.int16), np.eye(4))
+    image.header.set_data_offset(64 * 2**20)  # nibabel writes zeros up to the offset
+    path = tmp_path / "padded.nii.gz"
+    path.write_bytes(gzip.compress(image.to_bytes(), compresslevel=1))
+    assert np.all(load_nifti(path).array == 1)
+    with pytest.raises(ResourceLimitError, match=f"data offset {64 * 2**20} "):
+        load_nifti(path, max_bytes=2**20)
