@@ -10,10 +10,11 @@ large clinical CT (512x512x600 is 1.6e8 voxels), small enough that a refusal pro
 Rare genuine giants (a 1024x1024x2000 micro-CT is 2.1e9) need the limit raised on purpose;
 pass ``max_voxels=None`` to disable the check.
 
-``DEFAULT_MAX_BYTES`` (``2**32``, 4 GiB) bounds the bytes a NIfTI header makes the reader
+``DEFAULT_MAX_BYTES`` (``2**33``, 8 GiB) bounds the bytes a NIfTI header makes the reader
 decompress or read for one image (data offset plus stored voxels): the voxel count alone does not,
 since a header can put the data after gigabytes of padding (``vox_offset``) and voxels can be
-8 bytes wide. 4 GiB is 16 times a 512x512x500 int16 CT; pass ``max_bytes=None`` to disable it.
+8 bytes wide. 8 GiB admits any image within ``DEFAULT_MAX_VOXELS`` in any dtype up to 8 bytes (so
+the two limits never disagree on a genuine scan); pass ``max_bytes=None`` to disable it.
 
 Example:
     >>> from medres3d.io.limits import check_voxel_count
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 from medres3d.errors import ConfigError, ResourceLimitError
 
 DEFAULT_MAX_VOXELS: int = 2**30
-DEFAULT_MAX_BYTES: int = 2**32
+DEFAULT_MAX_BYTES: int = 8 * DEFAULT_MAX_VOXELS
 
 
 def validate_max_voxels(max_voxels: int | None) -> int | None:
