@@ -117,7 +117,7 @@ def check_byte_count(
         Traceback (most recent call last):
         ...
         medres3d.errors.ResourceLimitError: padded.nii.gz: header needs 10001048576 bytes (data offset \
-10000000000 + 1048576 of voxels), more than the limit max_bytes=4294967296 (raise it with max_bytes=... \
+10000000000 + 1048576 of voxels), more than the limit max_bytes=8589934592 (raise it with max_bytes=... \
 if the scan is genuine)
     """
     limit = validate_max_bytes(max_bytes)
