@@ -222,6 +222,9 @@ def batch(
     fmt: Annotated[str | None, typer.Option("--format", help="csv | jsonl (default: by name)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="keep --out's rows, do the rest")] = False,
     workers: Annotated[int, typer.Option(help="loader processes overlapping the network")] = 2,
+    scan_timeout: Annotated[float, typer.Option(
+        help="seconds a loader process may spend on one scan before it is killed and the scan becomes "
+             "an error row; 0: no limit; not enforced with --workers 0")] = 600.0,
     modality: Annotated[str | None, typer.Option(help="DICOM series of this modality only, e.g. CT")] = None,
     series_description: Annotated[str | None, typer.Option(
         help="DICOM series whose description matches this regex (case-insensitive)")] = None,
@@ -245,9 +248,13 @@ def batch(
     from medres3d.errors import MedRes3DError
     from medres3d.inference.batch import run_batch
 
+    if workers == 0 and scan_timeout:
+        typer.echo("note: with --workers 0 scans load in this process: --scan-timeout is not enforced",
+                   err=True)
     try:
         summary = run_batch(
-            model, root, out, fmt=fmt, resume=resume, workers=workers, device=device, modality=modality,
+            model, root, out, fmt=fmt, resume=resume, workers=workers, scan_timeout=scan_timeout,
+            device=device, modality=modality,
             series_description=series_description, min_slices=min_slices,
             include_localizers=include_localizers, fsync=fsync, progress=not no_progress,
             classifier_options={"aggregate": aggregate, "negative_class": negative_class},

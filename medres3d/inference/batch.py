@@ -29,6 +29,8 @@ from medres3d.errors import ConfigError, OutputWriteError
 from medres3d.inference.batch_output import ResultWriter, format_for, read_results, result_columns
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DEFAULT_SCAN_TIMEOUT = 600.0
+"""Seconds a loader worker may spend loading and preprocessing one scan in :func:`run_batch`."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ def _relative(path: Path, root: Path) -> str:
 def _nifti_slices(path: Path) -> int | None:
     import nibabel as nib
 
+    if not path.is_file():  # a FIFO would block discovery; the load in a worker reports it
+        return None
     try:
         shape = nib.load(path).shape  # header only
     except Exception:  # unreadable: the load in the batch reports the real reason as an error row
@@ -255,6 +259,7 @@ def run_batch(
     fmt: str | None = None,
     resume: bool = False,
     workers: int = 2,
+    scan_timeout: float | None = DEFAULT_SCAN_TIMEOUT,
     device: str = "auto",
     modality: str | None = None,
     series_description: str | None = None,
@@ -272,6 +277,10 @@ def run_batch(
         out: results file (CSV, or JSON lines with ``fmt="jsonl"`` or a ``.jsonl`` name).
         resume: keep ``out``'s rows and classify only the scans not in it yet.
         workers: loader processes preparing upcoming scans while the network runs (0: none).
+        scan_timeout: seconds a loader process may spend loading and preprocessing one scan;
+            past it the process is killed, the scan gets an ``error`` row ("timed out after N s")
+            and the batch goes on (None or 0: no limit). Not enforced with ``workers=0``, where
+            scans load in this process and a blocked read cannot be interrupted.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:K"``; under torchrun with CUDA each rank
             uses ``cuda:LOCAL_RANK``.
         fsync: force every row to disk (power-loss safety; slower on some file systems).
@@ -287,8 +296,9 @@ def run_batch(
         >>> run_batch("model.safetensors", "incoming/", "out.csv", resume=True).exit_code  # doctest: +SKIP
         0
     """
-    from medres3d.inference.classifier import Classifier, resolve_device
+    from medres3d.inference.classifier import Classifier, resolve_device, validate_timeout
 
+    scan_timeout = validate_timeout(scan_timeout)  # before the output file is touched
     out = Path(out)
     fmt = format_for(out, fmt)
     rank, world, local_rank = _distributed_context()
@@ -326,7 +336,7 @@ def run_batch(
         todo = [item for item in mine if item.id not in previous]
         summary.done_before = len(mine) - len(todo)
         summary.ok_in_output = sum(previous.get(item.id) == "ok" for item in mine)
-        predictions = clf.predict_many((item.scan for item in todo), workers=workers)
+        predictions = clf.predict_many((item.scan for item in todo), workers=workers, timeout=scan_timeout)
         with _progress(len(todo), enabled=progress and rank == 0) as advance:
             for row in _rows(todo, predictions, clf.class_names):
                 writer.write(row)

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -247,6 +248,58 @@ _WORKER_DIED = (
 )
 
 
+def validate_timeout(timeout: float | None) -> float | None:
+    """A per-scan loading timeout in seconds, or None when there is none (``None`` or ``0``).
+
+    Example:
+        >>> validate_timeout(2), validate_timeout(0), validate_timeout(None)
+        (2.0, None, None)
+    """
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not (math.isfinite(timeout) and timeout >= 0)
+    ):
+        raise ConfigError(
+            f"timeout must be a number of seconds >= 0 (0 or None: no timeout), got {timeout!r}"
+        )
+    return float(timeout) or None
+
+
+def _timed_out(scan: Any, timeout: float, seconds: float) -> FailedScan:
+    source = os.fspath(scan) if _is_path(scan) else None
+    name = source or str(getattr(scan, "folder", None) or "scan")  # a DicomSeries names its folder
+    return FailedScan(
+        source,
+        f"{name}: timed out after {timeout:g} s while loading and preprocessing (the loader process "
+        "was killed; a file that blocks on read, such as a FIFO, or a decoder that does not finish)",
+        seconds,
+    )
+
+
+def _loader_pool(workers: int) -> Any:
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),))
+
+
+def _stop(pool: Any) -> None:
+    """Kill the pool's worker processes and reap them: none outlives its pool.
+
+    A worker may be blocked for good (a FIFO, a looping decoder), and what is still in flight is
+    no longer wanted, so the workers are killed rather than asked to finish.
+    """
+    # ProcessPoolExecutor has no public way to kill its workers before Python 3.14
+    processes = list((pool._processes or {}).values())
+    for process in processes:
+        process.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
+    for process in processes:
+        process.join()
+
+
 def _die_with_parent(parent: int) -> None:
     """Loader worker initializer: exit when the parent process dies, even by SIGKILL.
 
@@ -271,20 +324,31 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _isolated(scan: Any, preprocessing: PreprocessingSpec | None) -> PreparedScan | FailedScan:
+def _isolated(
+    scan: Any, preprocessing: PreprocessingSpec | None, timeout: float | None
+) -> PreparedScan | FailedScan:
     """Prepare one scan alone in a fresh process: tells whether this scan is what kills loaders."""
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    with ProcessPoolExecutor(max_workers=1, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-        try:
-            return pool.submit(_prepare_or_fail, scan, preprocessing).result()
-        except BrokenProcessPool:
-            return FailedScan(os.fspath(scan) if _is_path(scan) else None, _WORKER_DIED, 0.0)
+    pool = _loader_pool(1)
+    start = time.perf_counter()
+    try:
+        return pool.submit(_prepare_or_fail, scan, preprocessing).result(timeout=timeout)
+    except BrokenProcessPool:
+        return FailedScan(os.fspath(scan) if _is_path(scan) else None, _WORKER_DIED, 0.0)
+    except TimeoutError:
+        return _timed_out(scan, timeout or 0.0, time.perf_counter() - start)
+    finally:
+        _stop(pool)
 
 
 def prefetch_prepared(
-    scans: Sequence[Any], preprocessing: PreprocessingSpec | None, *, workers: int, prefetch: int = 2
+    scans: Sequence[Any],
+    preprocessing: PreprocessingSpec | None,
+    *,
+    workers: int,
+    prefetch: int = 2,
+    timeout: float | None = None,
 ) -> Iterator[PreparedScan | FailedScan]:
     """Prepare ``scans`` in ``workers`` processes, at most ``workers * prefetch`` ahead, in order.
 
@@ -293,16 +357,21 @@ def prefetch_prepared(
     becomes a FailedScan, else it was innocent. The pool is rebuilt for the rest, so one deadly scan
     costs one error, not the stream.
 
+    ``timeout`` (seconds; None or 0: none) bounds how long the scan at the head of the queue may
+    take once everything before it is done. Scans are prepared in order, so by then it has been
+    running for at least that long: it is the one that hangs. Its workers are killed, it becomes a
+    FailedScan saying so, and a fresh pool prepares the scans after it (those in flight start over).
+
     Example:
         >>> items = list(prefetch_prepared(["a.nii.gz", "b.nii.gz"], None, workers=2))  # doctest: +SKIP
     """
     from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
+    timeout = validate_timeout(timeout)
     position = 0
     while position < len(scans):
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),))
+        pool = _loader_pool(workers)
         pending: deque[Any] = deque()
         submitted = position
         try:
@@ -310,17 +379,23 @@ def prefetch_prepared(
                 while submitted < len(scans) and len(pending) < workers * prefetch:
                     pending.append(pool.submit(_prepare_or_fail, scans[submitted], preprocessing))
                     submitted += 1
-                item = pending[0].result()
-                pending.popleft()
+                start = time.perf_counter()
+                try:
+                    item = pending.popleft().result(timeout=timeout)
+                except TimeoutError:
+                    _stop(pool)
+                    position += 1
+                    yield _timed_out(scans[position - 1], timeout or 0.0, time.perf_counter() - start)
+                    break  # a fresh pool for the scans after it
                 position += 1
                 yield item
         except BrokenProcessPool:
-            pool.shutdown(wait=True, cancel_futures=True)
-            item = _isolated(scans[position], preprocessing)
+            _stop(pool)
+            item = _isolated(scans[position], preprocessing, timeout)
             position += 1
             yield item
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            _stop(pool)
 
 
 class Classifier:
@@ -478,7 +553,7 @@ class Classifier:
         )
 
     def predict_many(
-        self, scans: Iterable[Any], *, workers: int = 0, prefetch: int = 2
+        self, scans: Iterable[Any], *, workers: int = 0, prefetch: int = 2, timeout: float | None = None
     ) -> Iterator[Prediction]:
         """Classify many scans, yielding one Prediction per scan in input order.
 
@@ -487,21 +562,29 @@ class Classifier:
         :func:`prefetch_prepared`). A scan that fails to load or classify, or whose loader process
         dies, yields a Prediction with ``status="error"`` and the reason in ``error``.
 
+        ``timeout`` (seconds; None or 0, the default: none) limits the loading and preprocessing
+        of one scan in a worker: past it the workers are killed, the scan is an error ("timed out
+        after N s") and the others go on in fresh workers. With ``workers=0`` scans load in this
+        process, where a blocked read cannot be interrupted: the timeout is not enforced.
+
         Example:
-            >>> for p in clf.predict_many(["a.nii.gz", "b/"], workers=2):   # doctest: +SKIP
+            >>> for p in clf.predict_many(["a.nii.gz", "b/"], workers=2, timeout=600):  # doctest: +SKIP
             ...     print(p.source, p.status, p.label or p.error)
         """
         if not isinstance(workers, int) or workers < 0:
             raise ConfigError(f"workers must be an integer >= 0, got {workers!r}")
         if not isinstance(prefetch, int) or prefetch < 1:
             raise ConfigError(f"prefetch must be an integer >= 1, got {prefetch!r}")
+        timeout = validate_timeout(timeout)
         scans = list(scans)
         if workers == 0:
             items: Iterable[PreparedScan | FailedScan] = (
                 _prepare_or_fail(s, self.preprocessing) for s in scans
             )
         else:
-            items = prefetch_prepared(scans, self.preprocessing, workers=workers, prefetch=prefetch)
+            items = prefetch_prepared(
+                scans, self.preprocessing, workers=workers, prefetch=prefetch, timeout=timeout
+            )
         for item in items:
             yield self._predict_item(item)
 
