@@ -7,6 +7,8 @@ opening it for reading blocks until a writer comes, and none does.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import psutil
@@ -62,6 +64,22 @@ def test_a_hung_scan_times_out_and_the_others_are_classified(model_file, root_wi
     assert elapsed < TIMEOUT + 20
     # the killed workers and the pools' other workers are gone (reaped, not zombies)
     assert _children() <= before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_cli_scan_timeout(model_file, root_with_fifo, tmp_path):
+    out = tmp_path / "results.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "medres3d.cli", "batch", str(model_file), str(root_with_fifo),
+         "--out", str(out), "--workers", "1", "--scan-timeout", "1.5", "--no-progress", "--device", "cpu"],
+        capture_output=True, timeout=50,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert "4 ok, 1 error(s)" in done.stderr.decode()  # the summary goes to stderr
+    errors = [row["error"] for row in read_results(out) if row["status"] == "error"]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"{root_with_fifo / HUNG}: timed out after 1.5 s while loading")
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "10", True])
