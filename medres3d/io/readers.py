@@ -84,6 +84,9 @@ def load_volume(
     path = Path(path)
     if not path.exists():
         raise VolumeLoadError(path, "no such file or directory")
+    if not (path.is_dir() or path.is_file()):
+        # A FIFO, socket or device named like a scan would block a reader forever.
+        raise UnsupportedFormatError(path, "not a regular file or folder (a FIFO, socket or device)")
     if series_uid is not None and not path.is_dir():
         raise ConfigError(f"series_uid applies to DICOM folders only, but {path} is a file")
 

@@ -1,3 +1,4 @@
+import os
 import shutil
 
 import nibabel as nib
@@ -105,3 +106,11 @@ def test_nan_policy_reaches_the_loader(tmp_path):
     with pytest.raises(InvalidVoxelsError, match="1 of 27"):
         load_volume(tmp_path / "inf.nii")
     assert load_volume(tmp_path / "inf.nii", nan_policy="zero").array[0, 1, 1, 1] == 0
+
+
+def test_fifo_named_like_a_scan_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "scan.nii.gz"
+    os.mkfifo(fifo)
+    with pytest.raises(UnsupportedFormatError, match="not a regular file") as info:
+        load_volume(fifo)
+    assert info.value.path == str(fifo)
