@@ -18,14 +18,14 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from medres3d.errors import ModelFileError, OutputWriteError
+from medres3d._atomic import write_atomically
+from medres3d.errors import ModelFileError
 
 FORMAT = "medres3d-checkpoint/1"
 
@@ -60,19 +60,8 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     Example:
         >>> save_checkpoint("run/checkpoint.pt", {"epoch": 1, "model": net.state_dict()})  # doctest: +SKIP
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"format": FORMAT, **state}, tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise OutputWriteError(path, f"could not write the checkpoint: {err}") from err
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    payload = {"format": FORMAT, **state}
+    return write_atomically(Path(path), lambda tmp: torch.save(payload, tmp), "checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

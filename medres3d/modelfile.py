@@ -24,17 +24,16 @@ import json
 import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medres3d._atomic import write_atomically
 from medres3d.errors import (
     ConfigError,
     MedRes3DError,
     ModelFileError,
     NormalizationNotFittedError,
-    OutputWriteError,
 )
 
 if TYPE_CHECKING:
@@ -111,20 +110,10 @@ def save_model(
     }
     # safetensors refuses tensors that share storage; copies also detach from autograd and the device.
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in net.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        raise OutputWriteError(path, f"could not write the model file: {err}") from err
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    # fsync: a model file is the product of a whole training run; a power loss must not empty it.
+    return write_atomically(
+        path, lambda tmp: save_file(tensors, tmp, metadata=metadata), "model file", fsync=True
+    )
 
 
 def read_model(path: str | os.PathLike[str], map_location: str = "cpu") -> ModelFile:
