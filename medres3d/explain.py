@@ -69,18 +69,9 @@ class Explanation:
         Example:
             >>> explanation.save("heatmap.nii.gz")   # doctest: +SKIP
         """
-        import nibabel as nib
+        from medres3d.inference.evidence import save_map
 
-        path = Path(path)
-        image = nib.Nifti1Image(np.ascontiguousarray(self.heatmap, dtype=np.float32), self.affine)
-        image.set_qform(self.affine, code=1)
-        image.set_sform(self.affine, code=1)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            nib.save(image, path)
-        except OSError as err:
-            raise OutputWriteError(path, f"could not write the heatmap: {err}") from err
-        return path
+        return save_map(self.heatmap, self.affine, path, "heatmap")
 
 
 def target_layer(net: nn.Module) -> tuple[str, str]:

@@ -105,19 +105,37 @@ class EvidenceMap:
         Example:
             >>> ev.save("evidence.nii.gz", class_name="lesion")    # doctest: +SKIP
         """
-        import nibabel as nib
-
-        path = Path(path)
         data = self.array.transpose(1, 2, 3, 0) if class_name is None else self.for_class(class_name)
-        image = nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.float32), self.affine)
-        image.set_qform(self.affine, code=1)  # scanner-anchored world coordinates
-        image.set_sform(self.affine, code=1)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            nib.save(image, path)
-        except OSError as err:
-            raise OutputWriteError(path, f"could not write the evidence map: {err}") from err
-        return path
+        return save_map(data, self.affine, path, "evidence map")
+
+
+def save_map(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str], what: str) -> Path:
+    """Write a map (X, Y, Z) or (X, Y, Z, K) as float32 NIfTI, ``affine`` in the sform and qform.
+
+    Shared by evidence maps and Grad-CAM heatmaps (:mod:`medres3d.explain`); parent folders are
+    created.
+
+    Raises:
+        OutputWriteError: the file cannot be written (the message names ``what``).
+
+    Example:
+        >>> import os, tempfile, nibabel as nib
+        >>> path = save_map(np.ones((2, 3, 4)), np.eye(4), os.path.join(tempfile.mkdtemp(), "m.nii"), "map")
+        >>> nib.load(path).get_fdata().shape, nib.load(path).header.get_sform(coded=True)[1]
+        ((2, 3, 4), 1)
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    image = nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.float32), affine)
+    image.set_qform(affine, code=1)  # scanner-anchored world coordinates
+    image.set_sform(affine, code=1)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(image, path)
+    except OSError as err:
+        raise OutputWriteError(path, f"could not write the {what}: {err}") from err
+    return path
 
 
 def evidence_map(
