@@ -108,6 +108,23 @@ def _pick_center(
     return tuple(float(c) for c in best)  # type: ignore[return-value, union-attr]
 
 
+def _lesion_mask(
+    allowed: np.ndarray,
+    center: Sequence[float] | None,
+    radius_mm: float,
+    spacing: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    # The lesion sphere at ``center`` (voxel coordinates), or at a random place inside ``allowed``.
+    if center is None:
+        picked = _pick_center(allowed, radius_mm, spacing, rng)
+    else:
+        picked = tuple(float(c) for c in center)
+    if len(picked) != 3:
+        raise ConfigError(f"lesion_center must be three voxel coordinates, got {center!r}")
+    return sphere_mask(allowed.shape, picked, radius_mm, spacing)
+
+
 def _streams(seed: int) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
     anatomy, lesion, noise = np.random.SeedSequence(seed).spawn(3)
     return np.random.default_rng(anatomy), np.random.default_rng(lesion), np.random.default_rng(noise)
@@ -204,14 +221,7 @@ def ct_phantom(
 
     mask = np.zeros(dims, dtype=bool)
     if lesion:
-        center = (
-            _pick_center(soft, lesion_radius_mm, sp, rng_lesion)
-            if lesion_center is None
-            else tuple(float(c) for c in lesion_center)
-        )
-        if len(center) != 3:
-            raise ConfigError(f"lesion_center must be three voxel coordinates, got {lesion_center!r}")
-        mask = sphere_mask(dims, center, lesion_radius_mm, sp)
+        mask = _lesion_mask(soft, lesion_center, lesion_radius_mm, sp, rng_lesion)
         vol[mask] += np.float32(lesion_hu)
 
     # Partial volume at tissue boundaries, as a scanner's point spread function gives.
@@ -278,14 +288,7 @@ def mri_phantom(
     mask = np.zeros(dims, dtype=bool)
     if lesion:
         white = rel == np.float32(0.8)
-        center = (
-            _pick_center(white, lesion_radius_mm, sp, rng_lesion)
-            if lesion_center is None
-            else tuple(float(c) for c in lesion_center)
-        )
-        if len(center) != 3:
-            raise ConfigError(f"lesion_center must be three voxel coordinates, got {lesion_center!r}")
-        mask = sphere_mask(dims, center, lesion_radius_mm, sp)
+        mask = _lesion_mask(white, lesion_center, lesion_radius_mm, sp, rng_lesion)
         rel[mask] += np.float32(lesion_contrast)
 
     rel = ndimage.gaussian_filter(rel, 0.6)
