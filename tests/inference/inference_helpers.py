@@ -45,6 +45,16 @@ def make_model_file(path, *, fitted: bool = True, preprocessing=None):
     return save_model(net, path, class_names=CLASS_NAMES, preprocessing=preprocessing)
 
 
+class HangingScan:
+    """A scan whose loading never ends, as a decoder stuck in a loop or a blocked read would."""
+
+    def load(self):
+        import time
+
+        while True:
+            time.sleep(60)
+
+
 class DeadlyScan:
     """A scan whose loading kills the loading process outright, as a segfaulting decoder would."""
 

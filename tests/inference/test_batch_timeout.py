@@ -1,7 +1,8 @@
-"""The per-scan timeout of batch mode: a scan whose loading never ends costs one error row.
+"""The per-scan timeout: a scan whose loading never ends costs one error, not the batch.
 
-The hanging scan is a FIFO named like a NIfTI file (what a hostile or broken share can hold):
-opening it for reading blocks until a writer comes, and none does.
+The hanging scan is an object whose ``load()`` never returns (a decoder stuck in a loop, a read
+blocked on a dead network share); a FIFO named like a scan, the hostile file a share can hold,
+is refused by ``load_volume`` at once and so costs one error row without waiting for the timeout.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 
 import psutil
 import pytest
+from inference_helpers import HangingScan
 
 from medres3d.errors import ConfigError
 from medres3d.inference.batch import run_batch
@@ -21,7 +23,7 @@ from medres3d.inference.classifier import Classifier, validate_timeout
 from medres3d.synthetic import ct_phantom, make_affine, write_nifti
 
 TIMEOUT = 2.0
-HUNG = "scan2.nii.gz"
+FIFO = "scan2.nii.gz"
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def root_with_fifo(tmp_path_factory):
     for n in (0, 1, 3, 4):
         array = ct_phantom((16, 16, 8), lesion=n % 2 == 1, seed=n)
         write_nifti(array, make_affine(), root / f"scan{n}.nii.gz")
-    os.mkfifo(root / HUNG)  # sorted between the others: scans before it are done, after it in flight
+    os.mkfifo(root / FIFO)  # sorted between the others
     return root
 
 
@@ -40,27 +42,21 @@ def _children() -> set[int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-def test_a_hung_scan_times_out_and_the_others_are_classified(model_file, root_with_fifo, tmp_path):
+def test_a_hung_scan_times_out_and_the_others_are_classified(model_file, root_with_fifo):
+    scans = [root_with_fifo / f"scan{n}.nii.gz" for n in (0, 1, 3, 4)]
+    inputs = [scans[0], scans[1], HangingScan(), scans[2], scans[3]]  # scans after it are in flight
+    clf = Classifier.load(model_file, device="cpu", evidence=False)
     before = _children()
-    out = tmp_path / "results.csv"
     start = time.monotonic()
-    summary = run_batch(model_file, root_with_fifo, out, workers=2, scan_timeout=TIMEOUT, progress=False,
-                        device="cpu")  # fmt: skip
+    results = list(clf.predict_many(inputs, workers=2, prefetch=1, timeout=TIMEOUT))
     elapsed = time.monotonic() - start
-    assert (summary.ok, summary.errors) == (4, 1)
-    rows = read_results(out)
-    assert [row["id"] for row in rows] == [f"scan{n}.nii.gz" for n in range(5)]  # discovery order
-    hung = rows[2]
-    assert hung["status"] == "error" and not hung["label"]
-    assert hung["error"].startswith(f"{root_with_fifo / HUNG}: timed out after 2 s while loading")
-    assert TIMEOUT <= float(hung["seconds"]) < TIMEOUT + 5
+    assert [r.status for r in results] == ["ok", "ok", "error", "ok", "ok"]
+    assert "timed out after 2 s while loading" in results[2].error
+    assert TIMEOUT <= results[2].seconds < TIMEOUT + 5
     # the scans in flight when the workers were killed start over and match a direct prediction
-    reference = Classifier.load(model_file, device="cpu", evidence=False)
-    for row in rows[:2] + rows[3:]:
-        assert row["status"] == "ok", row
-        expected = reference.predict(row["path"]).probabilities
-        assert float(row["p_normal"]) == pytest.approx(expected["normal"], abs=1e-6)
-        assert float(row["p_lesion"]) == pytest.approx(expected["lesion"], abs=1e-6)
+    for scan, result in zip(scans, results[:2] + results[3:], strict=True):
+        expected = clf.predict(scan).probabilities
+        assert result.probabilities == pytest.approx(expected, abs=1e-6)
     assert elapsed < TIMEOUT + 20
     # the killed workers and the pools' other workers are gone (reaped, not zombies)
     assert _children() <= before
@@ -68,18 +64,20 @@ def test_a_hung_scan_times_out_and_the_others_are_classified(model_file, root_wi
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-def test_cli_scan_timeout(model_file, root_with_fifo, tmp_path):
+def test_cli_batch_fifo_is_an_error_row_without_waiting(model_file, root_with_fifo, tmp_path):
     out = tmp_path / "results.jsonl"
+    start = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "medres3d.cli", "batch", str(model_file), str(root_with_fifo),
-         "--out", str(out), "--workers", "1", "--scan-timeout", "1.5", "--no-progress", "--device", "cpu"],
+         "--out", str(out), "--workers", "1", "--scan-timeout", "30", "--no-progress", "--device", "cpu"],
         capture_output=True, timeout=50,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert time.monotonic() - start < 30  # refused at once, not timed out
     assert "4 ok, 1 error(s)" in done.stderr.decode()  # the summary goes to stderr
     errors = [row["error"] for row in read_results(out) if row["status"] == "error"]
     assert len(errors) == 1
-    assert errors[0].startswith(f"{root_with_fifo / HUNG}: timed out after 1.5 s while loading")
+    assert errors[0].startswith(f"{root_with_fifo / FIFO}: not a regular file")
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "10", True])
