@@ -6,6 +6,8 @@ The frames are the slices. Their geometry comes from the functional groups of En
 or, for RT Dose style files, from ``ImagePositionPatient`` plus ``GridFrameOffsetVector`` (offsets
 along the normal, scaled by ``DoseGridScaling``). The frames then go through the same planning and
 checks as a series of files (sorted by position, duplicates, missing frames, spacing, tilt).
+An Enhanced series written as several files (slabs of frames, or one frame per file; grouped by
+:mod:`medres3d.io.dicom_scan`) is stacked the same way, the frames of all its files together.
 
 Example:
     >>> from pydicom.data import get_testdata_file
@@ -18,7 +20,10 @@ Example:
 from __future__ import annotations
 
 import functools
+import os
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,6 +41,13 @@ if TYPE_CHECKING:
     from medres3d.io.volume import Volume
 
 _ORIENTATION_TOL = 1e-3
+# The only elements the geometry needs (the rest of a large Enhanced header is not converted).
+_GEOMETRY_TAGS = [
+    "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "GridFrameOffsetVector",
+    "DoseGridScaling",
+]  # fmt: skip
+# positions (one per frame), orientation, pixel spacing, slopes and intercepts (one per frame)
+_Geometry = tuple[list[Sequence[float]], Sequence[float], Sequence[float], list[float], list[float]]
 
 
 def load_multiframe(
@@ -55,58 +67,119 @@ def load_multiframe(
         CorruptFileError: a header that cannot be parsed, or undecodable pixel data.
         ResourceLimitError: more voxels than ``max_voxels``.
     """
-    check_image_size(header)
-    check_voxel_count((1, header.columns, header.rows, header.frames), header.path, max_voxels)
+    return load_multiframe_files([header], dtype=dtype, max_voxels=max_voxels, strict=strict, notes=notes)
+
+
+def load_multiframe_files(
+    headers: Sequence[FileHeader],
+    *,
+    dtype: str = "float32",
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    strict: bool = False,
+    notes: Sequence[str] = (),
+    workers: int | None = None,
+) -> Volume:
+    """Stack the frames of one or more multi-frame files of one series (one frame per file included).
+
+    Every frame of every file is placed by its own position and goes through the same planning and
+    checks as the files of a single-frame series; all files must share one orientation and pixel
+    spacing. Options as ``load_series``; ``workers`` decodes several files in parallel.
+
+    Raises:
+        as :func:`load_multiframe`; SeriesGeometryError also when the files differ in orientation
+        or pixel spacing.
+
+    Example:
+        >>> from medres3d.io.dicom_scan import find_dicom_series
+        >>> vol = load_multiframe_files(find_dicom_series("enhanced_slabs/")[0].headers)  # doctest: +SKIP
+    """
+    first = headers[0]
+    for h in headers:
+        check_image_size(h)
+    where = (
+        first.path if len(headers) == 1 else Path(os.path.commonpath([str(h.path.parent) for h in headers]))
+    )
+    total = sum(h.frames for h in headers)
+    check_voxel_count((1, first.columns, first.rows, total), where, max_voxels)
+    geometries = [frame_geometry(h) for h in headers]
+    if len(headers) > 1:
+        labels = [h.path.name for h in headers]
+        _check_same(
+            where, [list(g[1]) for g in geometries], "ImageOrientationPatient", _ORIENTATION_TOL, labels
+        )
+        _check_same(where, [list(g[2]) for g in geometries], "PixelSpacing", 1e-4, labels)
+    if total == 1:
+        raise UnsupportedFormatError(first.path, "a single-frame image: a 2D slice, not a volume")
+
+    sources = []
+    for h, (positions, _, _, slopes, intercepts) in zip(headers, geometries, strict=True):
+        decoded = _DecodedFile(h)  # after the voxel check, once per file
+        sources += [
+            SliceSource(
+                h.path,
+                f"{h.path.name} frame {f + 1}",
+                positions[f],
+                slopes[f],
+                intercepts[f],
+                functools.partial(decoded.frame, f),
+            )
+            for f in range(h.frames)
+        ]
+    meta = series_meta(first)
+    meta["num_frames"] = total
+    if len(headers) > 1:
+        meta["num_files"] = len(headers)
+    return build_volume(
+        sources,
+        orientation=geometries[0][1],
+        pixel_spacing=geometries[0][2],
+        template=first,
+        where=where,
+        meta=meta,
+        notes=notes,
+        dtype=dtype,
+        max_voxels=max_voxels,
+        strict=strict,
+        # one file is decoded once and the per-frame work left is a copy; several decode in parallel
+        workers=1 if len(headers) == 1 else workers,
+    )
+
+
+class _DecodedFile:
+    """A file's frames, decoded on the first request of any of them (thread-safe, once)."""
+
+    def __init__(self, header: FileHeader) -> None:
+        self._header = header
+        self._frames: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def frame(self, index: int) -> np.ndarray:
+        with self._lock:
+            if self._frames is None:
+                self._frames = read_frames(self._header)
+        return self._frames[index]
+
+
+def frame_geometry(header: FileHeader) -> _Geometry:
+    """Per-frame positions, the orientation, the pixel spacing and per-frame rescale of a multi-frame file.
+
+    Raises:
+        CorruptFileError: the header cannot be parsed.
+        SeriesGeometryError: malformed or inconsistent per-frame geometry.
+        UnsupportedFormatError: frames without any geometry.
+    """
     try:
-        ds = pydicom.dcmread(header.path, stop_before_pixels=True)
+        ds = pydicom.dcmread(header.path, stop_before_pixels=True, specific_tags=_GEOMETRY_TAGS)
     except Exception as err:  # pydicom raises several types on a damaged header
         raise CorruptFileError(header.path, f"cannot read the multi-frame header: {err}") from err
     try:
-        geometry = _enhanced_geometry(ds, header) if header.is_enhanced else _grid_offset_geometry(ds, header)
+        return _enhanced_geometry(ds, header) if header.is_enhanced else _grid_offset_geometry(ds, header)
     # pydicom converts values on access: a damaged one raises BytesLengthException/NotImplementedError
     except (AttributeError, IndexError, KeyError, TypeError, ValueError, NotImplementedError,
             BytesLengthException) as err:  # fmt: skip
         raise SeriesGeometryError(
             header.path, f"malformed per-frame geometry: {type(err).__name__}: {err}"
         ) from err
-    positions, orientation, spacing, slopes, intercepts = geometry
-    if header.frames == 1:
-        raise UnsupportedFormatError(header.path, "a single-frame image: a 2D slice, not a volume")
-
-    decode_once = functools.cache(lambda: read_frames(header))  # after the voxel check, once
-
-    def frame(index: int) -> np.ndarray:
-        return decode_once()[index]
-
-    sources = [
-        SliceSource(
-            header.path,
-            f"{header.path.name} frame {f + 1}",
-            positions[f],
-            slopes[f],
-            intercepts[f],
-            functools.partial(frame, f),
-        )
-        for f in range(header.frames)
-    ]
-    meta = series_meta(header)
-    meta["num_frames"] = header.frames
-    return build_volume(
-        sources,
-        orientation=orientation,
-        pixel_spacing=spacing,
-        template=header,
-        where=header.path,
-        meta=meta,
-        notes=notes,
-        dtype=dtype,
-        max_voxels=max_voxels,
-        strict=strict,
-        workers=1,  # the file is decoded once; the per-frame work left is a copy
-    )
-
-
-_Geometry = tuple[list[Sequence[float]], Sequence[float], Sequence[float], list[float], list[float]]
 
 
 def _enhanced_geometry(ds: pydicom.Dataset, header: FileHeader) -> _Geometry:
@@ -144,8 +217,9 @@ def _enhanced_geometry(ds: pydicom.Dataset, header: FileHeader) -> _Geometry:
         intercepts.append(
             float(rescale.get("RescaleIntercept", 0.0)) if rescale is not None else header.intercept
         )
-    _check_same(header, orientations, "ImageOrientationPatient", _ORIENTATION_TOL)
-    _check_same(header, spacings, "PixelSpacing", 1e-4)
+    labels = [f"frame {f + 1}" for f in range(header.frames)]
+    _check_same(header.path, orientations, "ImageOrientationPatient", _ORIENTATION_TOL, labels)
+    _check_same(header.path, spacings, "PixelSpacing", 1e-4, labels)
     return positions, orientations[0], spacings[0], slopes, intercepts
 
 
@@ -181,13 +255,15 @@ def _grid_offset_geometry(ds: pydicom.Dataset, header: FileHeader) -> _Geometry:
     )
 
 
-def _check_same(header: FileHeader, values: list[list[float]], name: str, tol: float) -> None:
+def _check_same(
+    where: str | os.PathLike[str], values: list[list[float]], name: str, tol: float, labels: Sequence[str]
+) -> None:
     array = np.asarray(values, dtype=np.float64)
     deviation = np.abs(array - array[0]).max(axis=1)
     if deviation.max() > tol:
-        frame = int(np.argmax(deviation))
+        other = int(np.argmax(deviation))
         raise SeriesGeometryError(
-            header.path,
-            f"frames differ in {name}: frame 1 has {values[0]}, frame {frame + 1} has {values[frame]}; "
+            where,
+            f"frames differ in {name}: {labels[0]} has {values[0]}, {labels[other]} has {values[other]}; "
             "one volume needs one grid",
         )

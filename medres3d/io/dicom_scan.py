@@ -3,7 +3,9 @@
 Every file's header is read in parallel (no pixels; see :mod:`medres3d.io.dicom_header`), then:
 
 1. files are grouped by SeriesInstanceUID;
-2. each multi-frame file (Enhanced CT/MR, RT Dose...) is a series of its own;
+2. each multi-frame file (Enhanced CT/MR, RT Dose...) is a series of its own, except that the
+   Enhanced files of one series (slabs of frames, or one frame per file) are split by orientation,
+   image size, pixel spacing and echo as in rule 4 and each part is loaded as one volume;
 3. files whose ImageType says LOCALIZER are set apart as a localizer series;
 4. the rest is split by orientation (ImageOrientationPatient within 1e-3), image size and pixel
    spacing, and echo number: one volume needs one grid;
@@ -37,13 +39,13 @@ import stat
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medres3d.errors import ConfigError, CorruptFileError
+from medres3d.errors import ConfigError, CorruptFileError, MedRes3DError
 from medres3d.io.dicom_header import FileHeader, SkippedFile, read_header
 
 if TYPE_CHECKING:
@@ -307,7 +309,12 @@ class _Group:
 
 
 def _split_uid(members: list[FileHeader]) -> tuple[list[_Group], list[SkippedFile]]:
-    groups = [_Group([h], labels={"file": h.path.name}) for h in members if h.is_multiframe]
+    multiframe = [h for h in members if h.is_multiframe]
+    together = len(multiframe) > 1
+    groups = [
+        _Group([h], labels={"file": h.path.name}) for h in multiframe if not (together and h.is_enhanced)
+    ]
+    groups += _group_enhanced([h for h in multiframe if together and h.is_enhanced])
     single = [h for h in members if not h.is_multiframe]
     with_geometry = [h for h in single if h.position is not None and h.orientation is not None]
     without = [h for h in single if h.position is None or h.orientation is None]
@@ -335,6 +342,26 @@ def _split_uid(members: list[FileHeader]) -> tuple[list[_Group], list[SkippedFil
         else:
             target.headers = sorted(target.headers + without, key=lambda h: str(h.path))
     return groups, []
+
+
+def _group_enhanced(headers: list[FileHeader]) -> list[_Group]:
+    """Enhanced files of one series (slabs, or one frame per file) grouped by grid, like single frames.
+
+    Their orientation and pixel spacing live in the functional groups, which the header scan does
+    not read: they are read here (the first frame's), only for series of several Enhanced files. A
+    file whose geometry cannot be read stays a series of its own, for its load to name the problem.
+    """
+    from medres3d.io.dicom_multiframe import frame_geometry
+
+    placed, alone = [], []
+    for h in headers:
+        try:
+            _, orientation, spacing, _, _ = frame_geometry(h)
+        except MedRes3DError:
+            alone.append(_Group([h], labels={"file": h.path.name}))
+            continue
+        placed.append(replace(h, orientation=tuple(orientation), pixel_spacing=tuple(spacing)))
+    return _split_by_grid(placed) + alone
 
 
 def _split_by_grid(headers: list[FileHeader]) -> list[_Group]:

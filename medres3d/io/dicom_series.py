@@ -74,7 +74,8 @@ def load_series(
     strict: bool = False,
     workers: int | None = None,
 ) -> Volume:
-    """Load one scanned series (see the module docstring); multi-frame files go to their own reader.
+    """Load one scanned series (see the module docstring); multi-frame files (one or several) go to
+    :func:`medres3d.io.dicom_multiframe.load_multiframe_files`.
 
     Args:
         series: from :func:`medres3d.io.dicom.find_dicom_series`.
@@ -97,13 +98,13 @@ def load_series(
         >>> vol.array.dtype                                                  # doctest: +SKIP
         dtype('int16')
     """
-    if series.is_multiframe:
-        from medres3d.io.dicom_multiframe import load_multiframe
-
-        return load_multiframe(
-            series.headers[0], dtype=dtype, max_voxels=max_voxels, strict=strict, notes=series.notes
-        )
     headers = list(series.headers)
+    if all(h.is_multiframe for h in headers):
+        from medres3d.io.dicom_multiframe import load_multiframe_files
+
+        return load_multiframe_files(
+            headers, dtype=dtype, max_voxels=max_voxels, strict=strict, notes=series.notes, workers=workers
+        )
     where = series.folder
     first = headers[0]
     for h in headers:
