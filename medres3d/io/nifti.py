@@ -4,11 +4,13 @@ The header is read and checked first (dimensions, voxel-count limit, data type, 
 hostile or damaged file is refused before its voxels are read. Geometry is nibabel's
 ``img.affine`` exactly: the sform when ``sform_code > 0``, else the qform when
 ``qform_code > 0``, else the pixdim-only fallback (recorded as a warning); in the last two cases
-a zero, negative or NaN stored voxel size is an error, not nibabel's silent 1 mm. ``scl_slope`` /
-``scl_inter`` are applied as nibabel applies them. A 4D file's fourth axis becomes the channels;
-5D+ files are accepted only when at most one non-spatial axis is longer than 1 (e.g. a
-``(X, Y, Z, 1, 3)`` vector field gives 3 channels). For ``.nii.gz`` the gzip CRC is verified,
-which nibabel alone does not do.
+a zero, negative or NaN stored voxel size is an error, not nibabel's silent 1 mm. A stored
+``sform_code``/``qform_code`` outside NIfTI's codes (nibabel resets it to 0 without a word) is an
+``invalid-xform-code`` warning naming the affine used, or an error when only pixdim would be left.
+``scl_slope`` / ``scl_inter`` are applied as nibabel applies them. A 4D file's fourth axis
+becomes the channels; 5D+ files are accepted only when at most one non-spatial axis is longer
+than 1 (e.g. a ``(X, Y, Z, 1, 3)`` vector field gives 3 channels). For ``.nii.gz`` the gzip CRC
+is verified, which nibabel alone does not do.
 
 Example:
     >>> from medres3d.io.nifti import load_nifti
@@ -109,8 +111,7 @@ def load_nifti(
     proxy = img.dataobj
     voxel_bytes = math.prod(proxy.shape) * proxy.dtype.itemsize
     data_end = check_byte_count(proxy.offset, voxel_bytes, path, max_bytes)
-    affine, affine_source = _checked_affine(img, path)
-    warnings: list[str] = []
+    affine, affine_source, warnings = _checked_affine(img, path)
     try:
         if path.name.lower().endswith(".gz"):
             data = _read_gzip_verified(proxy, voxel_bytes, path, out_dtype, warnings)
@@ -188,38 +189,70 @@ def _check_data_dtype(dtype: np.dtype, path: Path) -> None:
         raise UnsupportedFormatError(path, f"voxel type {dtype} is not supported")
 
 
-def _checked_affine(img, path: Path) -> tuple[np.ndarray, str]:
+def _checked_affine(img, path: Path) -> tuple[np.ndarray, str, list[str]]:
+    """nibabel's affine, checked, its source ("sform", "qform", "pixdim"), and a warning list."""
+    from nibabel.nifti1 import xform_codes
+
     header = img.header
+    stored = _stored_header(img, path)
+    # nibabel resets an out-of-range code to 0 on load (a log line only), which silently changes
+    # the affine it picks: the stored codes say what the file meant.
+    invalid = [
+        f"{name} {int(stored[name])}"
+        for name in ("sform_code", "qform_code")
+        if int(stored[name]) not in xform_codes.value_set()
+    ]
     if int(header["sform_code"]) > 0:
         source = "sform"
     elif int(header["qform_code"]) > 0:
         source = "qform"
     else:
         source = "pixdim"
+    valid = f"valid codes are {sorted(xform_codes.value_set())}"
+    if invalid and source == "pixdim":
+        raise CorruptFileError(
+            path,
+            f"invalid {' and '.join(invalid)} ({valid}) and no valid transform left: nibabel would treat "
+            "the code as 0 and place the voxels by pixdim alone, dropping orientation and origin",
+        )
     if source != "sform":
-        _check_stored_voxel_size(img, path, source)
+        _check_stored_voxel_size(stored["pixdim"][1:4], path, source)
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)):
         raise CorruptFileError(path, f"the {source} affine has NaN/Inf entries:\n{affine}")
     if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise CorruptFileError(path, f"the {source} affine is singular (a zero voxel size?):\n{affine}")
-    return affine, source
+    warnings = []
+    if invalid:
+        warnings.append(
+            f"invalid-xform-code: {' and '.join(invalid)} ({valid}) treated as 0, as nibabel does; "
+            f"the {source} affine ({source}_code {int(header[source + '_code'])}) was used"
+        )
+    return affine, source, warnings
 
 
-def _check_stored_voxel_size(img, path: Path, source: str) -> None:
-    """Refuse a zero, negative or NaN voxel size when the affine is built from it.
-
-    nibabel "fixes" the header on load (a zero ``pixdim`` becomes 1, a negative one its absolute
-    value, with a log message only), so the stored values are read again, unchecked. With
-    ``sform_code`` 0 the affine is the qform rotation (or the identity) times these sizes:
-    substituting 1 mm or dropping a sign would give a plausible but wrong geometry.
-    """
+def _stored_header(img, path: Path):
+    """The header as stored in the file, unchecked (nibabel "fixes" some fields on load)."""
+    size = img.header.sizeof_hdr
     try:
-        with (igzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
-            block = f.read(img.header.sizeof_hdr)
-        stored = type(img.header)(block, check=False)["pixdim"][1:4]
+        with open(path, "rb") as f:
+            block = f.read(_FIRST_READ_BYTES if path.name.lower().endswith(".gz") else size)
+        if path.name.lower().endswith(".gz"):
+            # only the header's bytes: a damaged or cut stream further on is reported by the voxel read
+            block = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(block, size)
+        return type(img.header)(block[:size], check=False)
     except _READ_ERRORS as err:
         raise CorruptFileError(path, f"not a readable NIfTI header: {err}") from err
+
+
+def _check_stored_voxel_size(stored: np.ndarray, path: Path, source: str) -> None:
+    """Refuse a zero, negative or NaN stored voxel size (``pixdim[1:4]``) when the affine is built from it.
+
+    nibabel "fixes" the header on load (a zero ``pixdim`` becomes 1, a negative one its absolute
+    value, with a log message only), so the stored values are checked. With ``sform_code`` 0 the
+    affine is the qform rotation (or the identity) times these sizes: substituting 1 mm or
+    dropping a sign would give a plausible but wrong geometry.
+    """
     if not np.all(np.isfinite(stored) & (stored > 0)):
         sizes = f"({', '.join(str(v) for v in stored)})"  # str of float32 0.8 is 0.8, not 0.800000011920929
         if source == "qform":

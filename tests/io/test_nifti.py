@@ -370,3 +370,39 @@ def test_data_offset_padding_counts_against_max_bytes(tmp_path):
     assert np.all(load_nifti(path).array == 1)
     with pytest.raises(ResourceLimitError, match=f"data offset {64 * 2**20} "):
         load_nifti(path, max_bytes=2**20)
+
+
+def _with_stored_codes(tmp_path, sform_code, qform_code):
+    """A file whose header bytes hold the codes as given (nibabel refuses to write invalid ones)."""
+    img = nib.Nifti1Image(np.zeros((3, 4, 5), np.int16), None)
+    img.set_sform(_affine("oblique"), code=1)
+    img.set_qform(_affine("sagittal"), code=1)
+    raw = bytearray(img.to_bytes())
+    # NIfTI-1 header: qform_code (int16) at byte 252, sform_code (int16) at byte 254
+    raw[252:256] = np.array([qform_code, sform_code], dtype="<i2").tobytes()
+    path = tmp_path / "codes.nii"
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sform_code", "qform_code", "source", "named"),
+    [(7, 1, "qform", "sform_code 7"), (1, -1, "sform", "qform_code -1"), (-3, 2, "qform", "sform_code -3")],
+)
+def test_an_invalid_xform_code_is_a_warning_naming_the_affine_used(
+    tmp_path, sform_code, qform_code, source, named
+):
+    path = _with_stored_codes(tmp_path, sform_code, qform_code)
+    vol = load_nifti(path)
+    np.testing.assert_array_equal(vol.affine, nib.load(path).affine)
+    assert vol.meta["affine_source"] == source
+    (warning,) = vol.warnings
+    assert warning.startswith(f"invalid-xform-code: {named} ") and f"the {source} affine" in warning
+
+
+def test_invalid_xform_codes_leaving_only_pixdim_are_refused(tmp_path):
+    path = _with_stored_codes(tmp_path, 7, -1)
+    fallback = nib.load(path).affine[:3, :3]  # nibabel: pixdim only, the oblique rotation is gone
+    np.testing.assert_allclose(np.abs(fallback), np.diag(nib.load(path).header["pixdim"][1:4]), rtol=1e-6)
+    with pytest.raises(CorruptFileError, match="invalid sform_code 7 and qform_code -1"):
+        load_nifti(path)
