@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
@@ -24,6 +25,7 @@ from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -32,6 +34,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from medres3d.errors import ResourceLimitError
 from medres3d.io.dicom_rawheader import parse_header, tag_table
 
 # Only these are parsed; every other element is skipped by seeking past its value.
@@ -62,9 +65,14 @@ _HEADER_ERRORS = (
     InvalidDicomError, BytesLengthException, NotImplementedError, ValueError, EOFError, KeyError,
     TypeError, struct.error, zlib.error,
 )  # fmt: skip
-# Largest inflated dataset of a Deflated Explicit VR file that is parsed (see _inflates_beyond);
-# the syntax is used for small objects (SR, single slices), not for large volumes.
-MAX_INFLATED_BYTES = 2**28
+# A Deflated Explicit VR file's header is inflated up to its pixel data element, at most this many
+# bytes (an Enhanced header of thousands of frames takes a few MB); its pixel data is inflated
+# only when decoded, bounded by the pixels its header claims (medres3d.io.dicom_pixels).
+MAX_INFLATED_HEADER_BYTES = 2**26
+# Explicit VR little endian starts of a top-level pixel data element (PixelData, Float/Double).
+_PIXEL_ELEMENT_STARTS = tuple(
+    b"\xe0\x7f" + elem.to_bytes(2, "little") + b"O" for elem in (0x0010, 0x0008, 0x0009)
+)
 # SOP classes that carry no volume even when they hold pixel data (SEG is a label map, not a scan).
 _NON_IMAGE_WORDS = (
     "SR Storage", "Presentation State", "Key Object", "Segmentation", "Structure Set", "RT Plan",
@@ -176,25 +184,36 @@ def read_header(path: str | os.PathLike[str], fast: bool = True) -> FileHeader |
                 if parsed is not None:
                     return _classify(path, parsed[0], True, parsed[1])
                 fp.seek(0)
-            if has_prefix and _inflates_beyond(fp, MAX_INFLATED_BYTES):
-                reason = (
-                    f"its Deflated dataset inflates to more than {MAX_INFLATED_BYTES} bytes (a deflate "
-                    "bomb?); refused before inflating it"
-                )
-                return SkippedFile(path, reason, "resource")
-            fp.seek(0)
-            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not has_prefix, specific_tags=SCAN_TAGS)
-            pixel_offset: int | None = fp.tell()
-            size = os.fstat(fp.fileno()).st_size
-            if pixel_offset > size:
-                # pydicom seeks past the values it skips, so a file cut inside one ends up here
-                return SkippedFile(
-                    path, f"truncated: the header runs past the end of the file ({size} bytes)", "unreadable"
-                )
-            if _transfer_syntax(ds) == DeflatedExplicitVRLittleEndian:
-                # pydicom inflated the dataset into memory: the file offset means nothing here.
-                pixel_offset, has_pixels = None, "Rows" in ds
+            inflated = (
+                inflate_dataset(fp, MAX_INFLATED_HEADER_BYTES, header_only=True) if has_prefix else None
+            )
+            if inflated is not None:
+                if not inflated[1]:
+                    reason = (
+                        f"its Deflated dataset inflates to more than {MAX_INFLATED_HEADER_BYTES} bytes "
+                        "before any pixel data (a deflate bomb?); refused before inflating the rest"
+                    )
+                    return SkippedFile(path, reason, "resource")
+                ds, has_pixels = _parse_inflated(path, inflated[0], SCAN_TAGS)
+                if not has_pixels and "Rows" in ds:
+                    return SkippedFile(
+                        path, "file is truncated: its deflate stream ends before the pixel data", "unreadable"
+                    )
+                pixel_offset: int | None = None  # the pixels are in the deflate stream, not at a file offset
             else:
+                fp.seek(0)
+                ds = pydicom.dcmread(
+                    fp, stop_before_pixels=True, force=not has_prefix, specific_tags=SCAN_TAGS
+                )
+                pixel_offset = fp.tell()
+                size = os.fstat(fp.fileno()).st_size
+                if pixel_offset > size:
+                    # pydicom seeks past the values it skips, so a file cut inside one ends up here
+                    return SkippedFile(
+                        path,
+                        f"truncated: the header runs past the end of the file ({size} bytes)",
+                        "unreadable",
+                    )
                 peek = fp.read(4)
                 has_pixels = peek in _PIXEL_TAG_BYTES
                 if not peek and ("Rows" in ds or "Image Storage" in UID(_sop_class(ds)).name):
@@ -216,28 +235,83 @@ def _sop_class(ds: pydicom.Dataset) -> str:
     return str(ds.get("SOPClassUID", "") or media or "")
 
 
-def _inflates_beyond(fp: BinaryIO, limit: int) -> bool:
-    """True when a Deflated Explicit VR file's dataset inflates to more than ``limit`` bytes.
+def read_dataset_header(path: str | os.PathLike[str], specific_tags: list[str]) -> pydicom.Dataset:
+    """pydicom's header-only read of ``specific_tags``; a Deflated file's header is inflated alone.
+
+    Raises:
+        ResourceLimitError: a Deflated header longer than ``MAX_INFLATED_HEADER_BYTES``.
+        OSError, zlib.error and pydicom's errors on a damaged file.
+
+    Example:
+        >>> from pydicom.data import get_testdata_file
+        >>> int(read_dataset_header(get_testdata_file("rtdose.dcm"), ["NumberOfFrames"]).NumberOfFrames)
+        15
+    """
+    with open(path, "rb") as fp:
+        inflated = inflate_dataset(fp, MAX_INFLATED_HEADER_BYTES, header_only=True)
+        if inflated is None:
+            fp.seek(0)
+            return pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=specific_tags)
+    if not inflated[1]:
+        raise ResourceLimitError(
+            path,
+            f"its Deflated dataset inflates to more than {MAX_INFLATED_HEADER_BYTES} bytes before any "
+            "pixel data (a deflate bomb?)",
+        )
+    return _parse_inflated(Path(path), inflated[0], specific_tags)[0]
+
+
+def _parse_inflated(path: Path, data: bytes, specific_tags: list[str]) -> tuple[pydicom.Dataset, bool]:
+    """The header in an inflated Deflated dataset, and whether pixel data follows it.
+
+    pydicom, given the file, would inflate it whole, pixels included; given the inflated bytes it
+    parses the header alone.
+    """
+    stream = io.BytesIO(data)
+    ds = pydicom.dcmread(stream, stop_before_pixels=True, force=True, specific_tags=specific_tags)
+    ds.file_meta = read_file_meta_info(path)
+    return ds, stream.read(4) in _PIXEL_TAG_BYTES
+
+
+def inflate_dataset(fp: BinaryIO, limit: int, *, header_only: bool = False) -> tuple[bytes, bool] | None:
+    """The inflated dataset of a Deflated Explicit VR file, at most ``limit`` bytes of it.
 
     pydicom inflates such a dataset whole, pixel data included, before it can stop at the pixels:
-    a 1 MB file can claim gigabytes. The size is counted here in bounded steps, keeping nothing.
+    a 1 MB file can claim gigabytes. Here the stream is inflated in bounded steps and stops at
+    ``limit``; with ``header_only``, as soon as the top-level pixel data element has begun.
+
+    Returns:
+        ``(data, complete)``: ``complete`` is False when more than ``limit`` bytes would be needed.
+        None when the file is not a Deflated file laid out the way pydicom inflates it.
+
+    Example:
+        >>> from pydicom.data import get_testdata_file
+        >>> with open(get_testdata_file("CT_small.dcm"), "rb") as f:
+        ...     inflate_dataset(f, 2**20) is None
+        True
     """
     fp.seek(132)
     group_length = fp.read(12)
     if group_length[:6] != b"\x02\x00\x00\x00UL":
-        return False  # no meta group length: not the layout of a Deflated file that pydicom inflates
+        return None  # no meta group length: not the layout of a Deflated file that pydicom inflates
     meta = fp.read(int.from_bytes(group_length[8:12], "little"))
     if DeflatedExplicitVRLittleEndian.encode() not in meta:
-        return False
+        return None
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    total = 0
+    out = bytearray()
     while (chunk := fp.read(1 << 20)) and not inflater.eof:
         while chunk:
-            total += len(inflater.decompress(chunk, 1 << 24))
+            searched = max(0, len(out) - 12)  # an element start may straddle two steps
+            out += inflater.decompress(chunk, 1 << 20)
             chunk = inflater.unconsumed_tail
-            if total > limit:
-                return True
-    return False
+            if len(out) > limit:
+                return bytes(out[:limit]), False
+            # found with its whole 12-byte element header (tag, VR, reserved, length) for pydicom
+            if header_only and any(
+                out.find(start, searched, len(out) - 7) >= 0 for start in _PIXEL_ELEMENT_STARTS
+            ):
+                return bytes(out), True
+    return bytes(out), True
 
 
 def _transfer_syntax(ds: pydicom.Dataset) -> str:

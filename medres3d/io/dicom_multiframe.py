@@ -30,9 +30,9 @@ import numpy as np
 import pydicom
 from pydicom.errors import BytesLengthException
 
-from medres3d.errors import CorruptFileError, SeriesGeometryError, UnsupportedFormatError
+from medres3d.errors import CorruptFileError, ResourceLimitError, SeriesGeometryError, UnsupportedFormatError
 from medres3d.io.dicom_geometry import unit_vectors
-from medres3d.io.dicom_header import FileHeader
+from medres3d.io.dicom_header import FileHeader, read_dataset_header
 from medres3d.io.dicom_pixels import read_frames
 from medres3d.io.dicom_series import SliceSource, build_volume, check_image_size, series_meta
 from medres3d.io.limits import DEFAULT_MAX_VOXELS, check_voxel_count
@@ -169,7 +169,9 @@ def frame_geometry(header: FileHeader) -> _Geometry:
         UnsupportedFormatError: frames without any geometry.
     """
     try:
-        ds = pydicom.dcmread(header.path, stop_before_pixels=True, specific_tags=_GEOMETRY_TAGS)
+        ds = read_dataset_header(header.path, _GEOMETRY_TAGS)
+    except ResourceLimitError:
+        raise
     except Exception as err:  # pydicom raises several types on a damaged header
         raise CorruptFileError(header.path, f"cannot read the multi-frame header: {err}") from err
     try:

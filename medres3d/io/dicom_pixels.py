@@ -16,17 +16,23 @@ Example:
 
 from __future__ import annotations
 
+import io
+import zlib
+
 import numpy as np
 import pydicom
-from pydicom.uid import UID, ExplicitVRBigEndian
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
-from medres3d.errors import CorruptFileError, UnsupportedFormatError
-from medres3d.io.dicom_header import FileHeader
+from medres3d.errors import CorruptFileError, ResourceLimitError, UnsupportedFormatError
+from medres3d.io.dicom_header import MAX_INFLATED_HEADER_BYTES, FileHeader, inflate_dataset
 
 # (7FE0,0010) PixelData in either byte order; Float/DoubleFloatPixelData go through pydicom.
 _INTEGER_PIXEL_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
 # Explicit VR pixel data element header: tag (4), VR (2), reserved (2), 32-bit length (4).
 _EXPLICIT_LONG_VRS = (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN")
+# Inflated bytes allowed after a Deflated file's claimed pixel data (trailing elements, padding).
+_TRAILING_BYTES = 2**20
 
 
 def pixel_dtype(header: FileHeader) -> np.dtype:
@@ -107,8 +113,15 @@ def _value_length(header: FileHeader, element: bytes, fp: object) -> int:
 
 def _decode_with_pydicom(header: FileHeader) -> np.ndarray:
     syntax = UID(header.transfer_syntax)
+    inflated = _inflate_bounded(header) if syntax == DeflatedExplicitVRLittleEndian else None
     try:
-        ds = pydicom.dcmread(header.path)
+        if inflated is None:
+            ds = pydicom.dcmread(header.path)
+        else:
+            ds = pydicom.dcmread(io.BytesIO(inflated), force=True)
+            # what the deflate stream holds is Explicit VR Little Endian, native pixels included
+            ds.file_meta = read_file_meta_info(header.path)
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         frames = ds.pixel_array
     except Exception as err:  # decoders raise many types (RuntimeError, ValueError, plugin errors)
         raise CorruptFileError(
@@ -125,6 +138,32 @@ def _decode_with_pydicom(header: FileHeader) -> np.ndarray:
     if not frames.flags.writeable:
         frames = frames.copy()
     return frames
+
+
+def _inflate_bounded(header: FileHeader) -> bytes | None:
+    """A Deflated file's dataset, inflated up to what its header claims (None: pydicom reads it).
+
+    pydicom would inflate the stream whatever its size; here it stops after the header, the pixel
+    bytes the header claims (a claim already checked against ``max_voxels``) and 1 MiB for trailing
+    elements, so a small file that inflates to gigabytes is refused after that much.
+    """
+    claimed = -(-header.frames * header.rows * header.columns * header.bits_allocated // 8)
+    try:
+        with open(header.path, "rb") as fp:
+            head = inflate_dataset(fp, MAX_INFLATED_HEADER_BYTES, header_only=True)
+            if head is None:
+                return None
+            limit = len(head[0]) + claimed + _TRAILING_BYTES
+            inflated = inflate_dataset(fp, limit)
+    except (OSError, zlib.error) as err:
+        raise CorruptFileError(header.path, f"cannot inflate the Deflated dataset: {err}") from err
+    if inflated is None or not inflated[1]:
+        raise ResourceLimitError(
+            header.path,
+            f"its Deflated dataset inflates to more than {limit} bytes, more than its header and the "
+            f"{header.frames}x{header.rows}x{header.columns} pixels it claims need (a deflate bomb?)",
+        )
+    return inflated[0]
 
 
 def stored_range(header: FileHeader) -> tuple[int, int]:

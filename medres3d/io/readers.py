@@ -60,7 +60,7 @@ def load_volume(
         max_bytes: NIfTI only: refuse a file whose header needs more bytes read (decompressed for
             ``.nii.gz``: data offset plus stored voxels) than this, before reading them (default
             :data:`medres3d.io.limits.DEFAULT_MAX_BYTES`; None: no limit). A Deflated DICOM file
-            has its own fixed limit on the bytes it inflates to.
+            is inflated at most to its header plus the pixel bytes the header claims.
 
     Raises:
         VolumeLoadError: the path does not exist (or a subclass below).

@@ -187,3 +187,26 @@ def test_undecodable_compressed_slice_names_the_file(tmp_path, syntax):
     with pytest.raises(CorruptFileError, match="cannot decode pixel data") as info:
         load_dicom_series(tmp_path)
     assert info.value.path == str(files[2])
+
+
+def test_deflated_enhanced_file_header_is_read_without_inflating_the_pixels(tmp_path):
+    import tracemalloc
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    # random values do not deflate: the pixel data (6.5 MB) stays far larger than the header
+    array = np.random.default_rng(5).integers(-1000, 2000, size=(128, 128, 200)).astype(np.float32)
+    plain = write_enhanced_dicom(array, make_affine(), tmp_path / "plain.dcm")
+    packed = write_enhanced_dicom(
+        array, make_affine(), tmp_path / "deflated.dcm", transfer_syntax=DeflatedExplicitVRLittleEndian
+    )
+    tracemalloc.start()
+    try:
+        header = read_header(packed)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert header.frames == 200 and header.transfer_syntax == DeflatedExplicitVRLittleEndian
+    assert peak < array.size * 2, f"peak {peak} bytes: more than the {array.size * 2}-byte pixel data"
+    assert header == read_header(packed, fast=False)
+    np.testing.assert_array_equal(load_dicom_file(packed).array, load_dicom_file(plain).array)

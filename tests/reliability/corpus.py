@@ -178,10 +178,11 @@ def list_dir(folder: Path) -> list[str]:
     return sorted(os.listdir(folder))
 
 
-def deflated_dicom_bomb(path: Path, inflated_bytes: int) -> Path:
+def deflated_dicom_bomb(path: Path, inflated_bytes: int, frames: int = 1) -> Path:
     """A Deflated Explicit VR Little Endian file (~1 MB per GB) whose dataset inflates to ``inflated_bytes``.
 
-    The dataset is a CT slice header followed by a PixelData element of zeros. Its raw deflate
+    The dataset is a CT slice header (with ``frames`` > 1, a multi-frame one placed by
+    GridFrameOffsetVector) followed by a PixelData element of zeros. Its raw deflate
     stream is built from one compressed 64 MiB block repeated: after ``Z_FULL_FLUSH`` the compressor
     starts afresh, so every further block of zeros compresses to the same bytes.
     """
@@ -191,6 +192,9 @@ def deflated_dicom_bomb(path: Path, inflated_bytes: int) -> Path:
         leftover.unlink()
     template.parent.rmdir()
     del ds.PixelData
+    if frames > 1:
+        ds.NumberOfFrames = frames
+        ds.GridFrameOffsetVector = [float(f) for f in range(frames)]
     body = io.BytesIO()
     pydicom.filewriter.write_dataset(pydicom.filebase.DicomFileLike(body), ds)  # explicit VR LE
     block = 64 * 2**20
