@@ -209,9 +209,9 @@ def split_rows(rows: Sequence[ManifestRow], val_fraction: float, seed: int
     val_rows: set[int] = set()
     for label in sorted({r.label for r in rows}):
         members = [r.row for r in rows if r.label == label]
-        count = round(len(members) * val_fraction)
+        count = min(round(len(members) * val_fraction), len(members) - 1)
         if val_fraction > 0 and len(members) >= 2:
-            count = min(max(count, 1), len(members) - 1)
+            count = max(count, 1)
         val_rows.update(rng.permutation(members)[:count].tolist())
     return [r for r in rows if r.row not in val_rows], [r for r in rows if r.row in val_rows]
 

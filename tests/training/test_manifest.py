@@ -77,3 +77,11 @@ def test_split_column_and_stratified_split(tmp_path):
     assert sorted(r.label for r in val) == ["x", "x", "y", "y", "z"]   # round(8 * 0.25), round(4 * 0.25)
     assert len(train) + len(val) == 20 and not {r.row for r in train} & {r.row for r in val}
     assert split_rows(rows, 0.25, seed=3) == (train, val)
+
+
+def test_a_single_row_class_stays_in_training_at_any_val_fraction(tmp_path):
+    rows = read_manifest(_write(tmp_path, "path,label\na,x\nb,x\nc,x\nd,y\n"))
+    for fraction in (0.2, 0.6, 0.9):
+        train, val = split_rows(rows, fraction, seed=0)
+        assert [r.label for r in train].count("y") == 1 and "y" not in [r.label for r in val], fraction
+        assert [r.label for r in train].count("x") >= 1 and [r.label for r in val].count("x") >= 1
