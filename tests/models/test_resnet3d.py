@@ -124,6 +124,9 @@ def test_he_fan_in_initialization_and_zero_biases():
     net = resnet3d((64, 64, 64), 5, stack_depth=(1, 1), num_filters=(64, 128))
     weight = net.stack2.block1.conv2.weight  # 128 x 128 x 3 x 3 x 3, fan_in 3456
     assert weight.std().item() == pytest.approx(math.sqrt(2 / (128 * 27)), rel=0.02)
+    # conv2 is square (fan_in == fan_out); conv3 (128 -> 512) tells fan_in from fan_out apart.
+    expanding = net.stack2.block1.conv3.weight
+    assert expanding.std().item() == pytest.approx(math.sqrt(2 / 128), rel=0.05)
     assert net.fc.weight.std().item() == pytest.approx(math.sqrt(2 / 512), rel=0.1)
     assert torch.count_nonzero(net.fc.bias) == 0
     assert all(m.bias is None for m in net.modules() if isinstance(m, nn.Conv3d))
