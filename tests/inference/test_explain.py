@@ -17,7 +17,7 @@ from medres3d.io.readers import load_volume
 from medres3d.synthetic import ct_phantom, make_affine, write_nifti
 
 
-def _manual_grad_cam(net, x, layer, class_index):
+def _manual_grad_cam(net, x, layer, class_index, *, normalize=True):
     """Grad-CAM from its definition (Selvaraju et al.), with plain autograd hooks."""
     store = {}
     handle = net.get_submodule(layer).register_forward_hook(lambda m, i, o: store.setdefault("a", o))
@@ -29,7 +29,7 @@ def _manual_grad_cam(net, x, layer, class_index):
     weights = gradient.mean(dim=(2, 3, 4), keepdim=True)
     cam = F.relu((weights * activation).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[2:], mode="trilinear", align_corners=False)[0, 0]
-    return (cam / cam.max()).detach().numpy()
+    return ((cam / cam.max()) if normalize else cam).detach().numpy()
 
 
 def test_single_window_equals_hand_written_grad_cam(model_file, tmp_path):
@@ -55,6 +55,20 @@ def test_large_scan_heatmap_is_on_the_scan_grid(model_file, tmp_path):
     assert explanation.label == "lesion"
     assert explanation.heatmap.min() >= 0.0 and explanation.heatmap.max() == pytest.approx(1.0)
     np.testing.assert_allclose(explanation.affine, affine, atol=1e-5)
+    # reference: raw per-window Grad-CAM on the zero-padded scan (the model file has no preprocessing,
+    # so the tensor grid is the scan's), each window's map averaged where windows overlap, scaled once
+    clf = Classifier.load(model_file, device="cpu")
+    layer, _ = target_layer(clf.net)
+    scan = torch.from_numpy(load_volume(path).array)
+    padded = F.pad(scan, (2, 2), value=0.0)  # depth 12 < 16: MONAI pads 2 before and 2 after
+    total, count = np.zeros((28, 20, 16)), np.zeros((28, 20, 16))
+    for i in (0, 8, 12):
+        for j in (0, 4):
+            window = padded[None, :, i : i + 16, j : j + 16, :]
+            total[i : i + 16, j : j + 16] += _manual_grad_cam(clf.net, window, layer, 1, normalize=False)
+            count[i : i + 16, j : j + 16] += 1
+    reference = (total / count)[:, :, 2:14]
+    np.testing.assert_allclose(explanation.heatmap, reference / reference.max(), atol=1e-5)
 
 
 def test_views_follow_radiological_convention():
