@@ -133,7 +133,7 @@ def load_multiframe_files(
         sources,
         orientation=geometries[0][1],
         pixel_spacing=geometries[0][2],
-        template=first,
+        headers=headers,
         where=where,
         meta=meta,
         notes=notes,

@@ -131,7 +131,7 @@ def load_series(
         sources,
         orientation=first.orientation,  # type: ignore[arg-type]
         pixel_spacing=first.pixel_spacing,  # type: ignore[arg-type]
-        template=first,
+        headers=headers,
         where=where,
         meta=meta,
         notes=series.notes,
@@ -169,9 +169,13 @@ def series_meta(header: FileHeader) -> dict[str, Any]:
 
 
 def resolve_dtype(
-    dtype: object, sources: Sequence[SliceSource], template: FileHeader
+    dtype: object, sources: Sequence[SliceSource], headers: Sequence[FileHeader]
 ) -> tuple[np.dtype, str | None]:
-    """The output dtype for ``dtype`` (see :func:`load_series`); a warning if "native" cannot be kept."""
+    """The output dtype for ``dtype`` (see :func:`load_series`); a warning if "native" cannot be kept.
+
+    The "native" integer type holds the stored range of every file: files of one series can differ
+    in PixelRepresentation or BitsStored, and a value outside the chosen type would wrap silently.
+    """
     name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
     if name not in _DTYPES:
         raise ConfigError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -184,7 +188,8 @@ def resolve_dtype(
             "native-dtype: the rescale (slope/intercept) is not integral, so the values are returned "
             "as float32"
         )
-    lo, hi = stored_range(template)
+    ranges = {stored_range(h) for h in headers}
+    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
     lo, hi = lo + int(min(intercepts)), hi + int(max(intercepts))
     for candidate in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32):
         info = np.iinfo(candidate)
@@ -198,7 +203,7 @@ def build_volume(
     *,
     orientation: Sequence[float],
     pixel_spacing: Sequence[float],
-    template: FileHeader,
+    headers: Sequence[FileHeader],
     where: str | os.PathLike[str],
     meta: dict[str, Any],
     notes: Sequence[str] = (),
@@ -208,7 +213,8 @@ def build_volume(
     workers: int | None = None,
 ) -> Volume:
     """Plan, check, allocate once, decode in place, wrap as a Volume (for series and multi-frame)."""
-    out_dtype, dtype_note = resolve_dtype(dtype, sources, template)
+    template = headers[0]
+    out_dtype, dtype_note = resolve_dtype(dtype, sources, headers)
     positions = np.asarray([s.position for s in sources], dtype=np.float64)
     labels = [s.label for s in sources]
     plan = plan_stack(positions, orientation, pixel_spacing, labels, where=os.fspath(where))

@@ -5,6 +5,7 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_helpers import assert_same_world, sitk_series
+from pydicom.pixels import apply_modality_lut
 
 from medres3d.errors import CorruptFileError, ResourceLimitError, SeriesGeometryError, UnsupportedFormatError
 from medres3d.io.dicom import find_dicom_series, load_dicom_series
@@ -142,6 +143,27 @@ def test_rescale_slope_and_native_dtype(tmp_path):
     assert as_native.array.dtype == np.float32 and as_native.warnings[0].startswith("native-dtype:")
 
 
+def test_rescale_is_applied_per_slice_as_pydicom_applies_it(tmp_path):
+    files = write_dicom_series(_volume(11, 0, 3000), make_affine(), tmp_path, rescale_intercept=0.0)
+    for n, path in enumerate(files):  # a different integer intercept on every other file
+        ds = pydicom.dcmread(path)
+        ds.RescaleSlope, ds.RescaleIntercept = "1", str(-1024 * (n % 2))
+        ds.save_as(path)
+    # reference: pydicom's modality LUT of each file, placed by the file's own slice position
+    by_depth = {}
+    for path in files:
+        ds = pydicom.dcmread(path)
+        by_depth[float(ds.ImagePositionPatient[2])] = apply_modality_lut(ds.pixel_array, ds).T
+    for dtype in ("float32", "native"):
+        vol = load_dicom_series(tmp_path, dtype=dtype)
+        depths = [float((vol.affine @ [0, 0, k, 1])[2]) for k in range(vol.shape[3])]  # RAS z = LPS z
+        expected = np.stack([by_depth[min(by_depth, key=lambda z: abs(z - d))] for d in depths], axis=-1)
+        assert sorted(by_depth) == pytest.approx(sorted(depths))
+        assert vol.meta["rescale"]["per_slice"]
+        assert vol.array.dtype == (np.int16 if dtype == "native" else np.float32)
+        np.testing.assert_array_equal(vol.array[0], expected)
+
+
 def test_mr_unsigned_and_signed_pixels(tmp_path):
     mr = _volume(7, 0, 4000)
     write_dicom_series(mr, make_affine(), tmp_path / "mr", modality="MR")
@@ -152,6 +174,20 @@ def test_mr_unsigned_and_signed_pixels(tmp_path):
     ct = _volume(8)
     write_dicom_series(ct, make_affine(), tmp_path / "signed", rescale_intercept=0.0, pixel_representation=1)
     np.testing.assert_array_equal(load_dicom_series(tmp_path / "signed").array[0], ct)
+
+
+def test_native_dtype_holds_every_file_when_pixel_representation_differs(tmp_path):
+    mr = _volume(12, 0, 4000)
+    mr[..., 3:] += 30000  # above int16: these files must stay unsigned
+    files = write_dicom_series(mr, make_affine(), tmp_path, modality="MR", shuffle_names=False)
+    for path in sorted(files)[:3]:  # the first files by name (the loader's template) are signed
+        ds = pydicom.dcmread(path)
+        assert int(ds.pixel_array.max()) < 2**15
+        ds.PixelRepresentation = 1
+        ds.save_as(path)
+    native = load_dicom_series(tmp_path, dtype="native")
+    np.testing.assert_array_equal(native.array[0], mr)
+    np.testing.assert_array_equal(native.array, load_dicom_series(tmp_path).array)
 
 
 def test_unused_high_bits_are_masked_like_pydicom(tmp_path):

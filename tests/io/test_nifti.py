@@ -124,6 +124,10 @@ def test_qform_sform_choice_matches_nibabel(tmp_path, sform_code, qform_code, so
     vol = load_nifti(tmp_path / "q.nii")
     np.testing.assert_array_equal(vol.affine, nib.load(tmp_path / "q.nii").affine)
     assert vol.meta["affine_source"] == source
+    # independent of nibabel's choice: the transform that was written (float32 in the header)
+    written = {"sform": _affine("oblique"), "qform": _affine("sagittal")}
+    if source in written:
+        np.testing.assert_allclose(vol.affine, written[source], rtol=0, atol=1e-5)
     assert len(vol.warnings) == (source == "pixdim")
 
 
