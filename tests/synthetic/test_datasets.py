@@ -67,7 +67,19 @@ def test_messy_tree_refuses_a_non_empty_root(tmp_path):
         make_messy_dicom_tree(tmp_path)
 
 
-def test_windows_cut_from_larger_bodies_hold_the_whole_lesion(tmp_path):
+def test_windows_cut_from_larger_bodies_hold_the_whole_lesion(tmp_path, monkeypatch):
+    import medres3d.synthetic.datasets as datasets
+    from medres3d.synthetic import centered_origin, make_affine
+
+    bodies = []  # every (volume, mask) the real phantom function drew, in case order
+    real_ct_phantom = datasets.ct_phantom
+
+    def recording_ct_phantom(*args, **kwargs):
+        drawn = real_ct_phantom(*args, **kwargs)
+        bodies.append(drawn)
+        return drawn
+
+    monkeypatch.setattr(datasets, "ct_phantom", recording_ct_phantom)
     manifest = make_phantom_dataset(
         tmp_path,
         n=6,
@@ -82,6 +94,17 @@ def test_windows_cut_from_larger_bodies_hold_the_whole_lesion(tmp_path):
         # The window's affine places it inside the body volume centred on the origin.
         corner = image.affine @ [0, 0, 0, 1]
         assert np.all(corner[:3] >= [-40, -40, -30]) and np.all(corner[:3] <= [40 - 32, 40 - 32, 30 - 24])
+    # each window is a block of its body at the place its affine says, holding the whole lesion
+    body_affine = centered_origin((40, 40, 30), make_affine((2, 2, 2)))
+    rows = list(csv.DictReader(manifest.open()))
+    assert len(bodies) == len(rows)
+    for row, (body, mask) in zip(rows, bodies, strict=True):
+        image = nib.load(tmp_path / row["path"])
+        start = np.rint(np.linalg.solve(body_affine, image.affine @ [0, 0, 0, 1])[:3]).astype(int)
+        box = tuple(slice(a, a + n) for a, n in zip(start, (16, 16, 12), strict=True))
+        np.testing.assert_allclose(image.get_fdata(), body[box], atol=1e-3)
+        assert mask[box].sum() == mask.sum()
+        assert (mask.sum() > 0) == (row["label"] == "lesion")
 
 
 def test_random_window_holds_the_mask_and_keeps_world_positions():
