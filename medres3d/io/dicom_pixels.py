@@ -53,9 +53,11 @@ def read_frames(header: FileHeader) -> np.ndarray:
     """All frames of a file as ``(frames, rows, columns)`` stored values (no rescale).
 
     Raises:
-        CorruptFileError: truncated or undecodable pixel data, or a size other than the header says.
+        CorruptFileError: truncated or undecodable pixel data, a size other than the header says, or
+            BitsStored < 1.
         UnsupportedFormatError: colour data.
     """
+    _check_bits_stored(header)
     frames = _read_native(header) if header.is_native and header.bits_allocated in (8, 16, 32) else None
     if frames is None:
         frames = _decode_with_pydicom(header)
@@ -66,6 +68,15 @@ def read_frames(header: FileHeader) -> np.ndarray:
         np.left_shift(frames, shift, out=frames)
         np.right_shift(frames, shift, out=frames)
     return frames
+
+
+def _check_bits_stored(header: FileHeader) -> None:
+    # BitsStored 0 would mask every sample to 0: a blank volume instead of an error
+    if header.bits_stored < 1:
+        raise CorruptFileError(
+            header.path,
+            f"BitsStored={header.bits_stored}, but it must be 1..BitsAllocated ({header.bits_allocated})",
+        )
 
 
 def _read_native(header: FileHeader) -> np.ndarray | None:
@@ -175,6 +186,7 @@ def stored_range(header: FileHeader) -> tuple[int, int]:
         >>> stored_range(read_header(get_testdata_file("CT_small.dcm")))
         (-32768, 32767)
     """
+    _check_bits_stored(header)
     bits = header.bits_stored
     if header.pixel_representation == 1:
         return -(1 << (bits - 1)), (1 << (bits - 1)) - 1

@@ -206,6 +206,20 @@ def test_unused_high_bits_are_masked_like_pydicom(tmp_path):
     np.testing.assert_array_equal(vol.array[0], array)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "native"])
+@pytest.mark.parametrize("pixel_representation", [0, 1])
+def test_zero_bits_stored_is_a_corrupt_file_not_a_blank_volume(tmp_path, dtype, pixel_representation):
+    files = write_dicom_series(
+        _volume(13, 0, 1000), make_affine(), tmp_path, rescale_intercept=0.0,
+        pixel_representation=pixel_representation,
+    )
+    ds = pydicom.dcmread(files[0])
+    ds.BitsStored = 0  # masking to 0 bits would silently zero every pixel
+    ds.save_as(files[0])
+    with pytest.raises(CorruptFileError, match=f"{files[0].name}.*BitsStored=0"):
+        load_dicom_series(tmp_path, dtype=dtype)
+
+
 def test_monochrome1_is_kept_with_a_warning(tmp_path):
     array = _volume(10, 0, 1000)
     write_dicom_series(
