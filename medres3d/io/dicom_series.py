@@ -90,7 +90,7 @@ def load_series(
     Raises:
         SeriesGeometryError: missing or inconsistent geometry; irregular slices when ``strict``.
         UnsupportedFormatError: a single 2D slice.
-        CorruptFileError: undecodable or truncated pixel data, absurd image size.
+        CorruptFileError: undecodable or truncated pixel data, absurd image size, RescaleSlope 0.
         ResourceLimitError: more voxels than ``max_voxels``.
 
     Example:
@@ -214,6 +214,13 @@ def build_volume(
 ) -> Volume:
     """Plan, check, allocate once, decode in place, wrap as a Volume (for series and multi-frame)."""
     template = headers[0]
+    for source in sources:
+        if source.slope == 0:  # not "no rescale": every voxel would be the intercept, a blank slice
+            raise CorruptFileError(
+                source.path,
+                f"{source.label} has RescaleSlope=0, which would make every voxel equal RescaleIntercept "
+                f"({source.intercept:g}); a slope must be non-zero",
+            )
     out_dtype, dtype_note = resolve_dtype(dtype, sources, headers)
     positions = np.asarray([s.position for s in sources], dtype=np.float64)
     labels = [s.label for s in sources]

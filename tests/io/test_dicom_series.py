@@ -164,6 +164,15 @@ def test_rescale_is_applied_per_slice_as_pydicom_applies_it(tmp_path):
         np.testing.assert_array_equal(vol.array[0], expected)
 
 
+def test_zero_rescale_slope_is_a_corrupt_file_not_a_constant_volume(tmp_path):
+    files = write_dicom_series(_volume(14), make_affine(), tmp_path)
+    ds = pydicom.dcmread(files[2])
+    ds.RescaleSlope = "0"  # every voxel would be RescaleIntercept
+    ds.save_as(files[2])
+    with pytest.raises(CorruptFileError, match=f"{files[2].name}.*RescaleSlope=0"):
+        load_dicom_series(tmp_path)
+
+
 def test_mr_unsigned_and_signed_pixels(tmp_path):
     mr = _volume(7, 0, 4000)
     write_dicom_series(mr, make_affine(), tmp_path / "mr", modality="MR")
