@@ -41,6 +41,9 @@ IDENTIFIER_COLUMNS = (
     "num_slices",
 )
 FORMATS = ("csv", "jsonl")
+FREE_TEXT_COLUMNS = ("description", "error", "warnings")
+"""Columns whose line breaks become spaces: every row stays one line (an exception's message may
+span several, e.g. SimpleITK's), so the file can be repaired, resumed and filtered line by line."""
 
 
 def result_columns(class_names: Sequence[str]) -> list[str]:
@@ -148,6 +151,10 @@ class ResultWriter:
         if unknown:
             raise ConfigError(f"unknown result column(s) {sorted(unknown)}; columns are {self.columns}")
         values = [_cell(row.get(name)) for name in self.columns]
+        values = [
+            " ".join(value.splitlines()) if name in FREE_TEXT_COLUMNS and isinstance(value, str) else value
+            for name, value in zip(self.columns, values, strict=True)
+        ]
         if self.format == "csv":
             return self._encode_csv(values)
         record = {

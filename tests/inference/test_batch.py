@@ -146,6 +146,25 @@ def test_resume_refuses_a_file_written_for_other_classes(tmp_path):
         ResultWriter(path, result_columns(["a", "c"]), resume=True)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_multi_line_messages_are_written_on_one_line_and_resume(tmp_path, fmt):
+    # e.g. SimpleITK's exception messages span lines; the file must keep one line per row (docs)
+    path = tmp_path / f"r.{fmt}"
+    with ResultWriter(path, result_columns(["a"])) as writer:
+        writer.write({"id": "x", "status": "error", "error": "Exception thrown\r\nsitk::ERROR: bad",
+                      "warnings": "one\ntwo", "description": "a\rb"})
+        writer.write({"id": "y", "status": "ok", "p_a": 1.0})
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == (3 if fmt == "csv" else 2)
+    (first, _) = read_results(path)
+    assert (first["error"], first["warnings"], first["description"]) == (
+        "Exception thrown sitk::ERROR: bad", "one two", "a b")
+    with open(path, "ab") as handle:  # a row cut after its first line, as an OS crash could leave
+        handle.write(lines[-1][:5])
+    with ResultWriter(path, result_columns(["a"]), resume=True) as resumed:
+        assert resumed.done == {"x": "error", "y": "ok"}
+
+
 @pytest.fixture(scope="module")
 def many_scans(tree, tmp_path_factory):
     """The messy tree plus 30 small NIfTI files: enough rows to kill a batch in the middle."""
