@@ -7,7 +7,8 @@ Used by the model file (:mod:`medres3d.modelfile`) and the training checkpoint
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,10 +43,16 @@ def write_atomically(path: Path, write: Callable[[str], object], what: str, *, f
         ['note.txt']
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Not mkstemp: its private 0600 mode would survive the rename; 0o666 lets the umask decide,
+    # as for any other output file. O_EXCL keeps the name exclusive all the same.
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
     try:
         write(tmp)
+        # Writers that replace the file themselves (safetensors 0.8 does) leave it 0600 again.
+        os.chmod(tmp, mode)
         if fsync:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())

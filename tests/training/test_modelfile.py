@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import stat
 import struct
 from pathlib import Path
 
@@ -57,6 +58,13 @@ def test_save_is_atomic_and_overwrites(tiny_net, model_path):
     save_model(tiny_net, model_path, class_names=["b", "a"])
     assert read_model(model_path).class_names == ["b", "a"]
     assert sorted(p.name for p in model_path.parent.iterdir()) == ["model.safetensors"]
+
+
+def test_model_file_gets_the_permissions_of_an_ordinary_file(model_path):
+    # The temporary file must not pass its private 0600 mode on: a model is shared like any output.
+    ordinary = model_path.parent / "ordinary.txt"
+    ordinary.write_text("x")
+    assert stat.S_IMODE(model_path.stat().st_mode) == stat.S_IMODE(ordinary.stat().st_mode)
 
 
 def test_header_is_plain_json(model_path):
