@@ -449,6 +449,11 @@ class Classifier:
             )
         if aggregate not in AGGREGATIONS:
             raise ConfigError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+        # checked here, not at the first scan: predict_many turns per-scan failures into error rows
+        if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 1.0:
+            raise ConfigError(f"overlap must be a number in [0, 1), got {overlap!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         if negative_class is not None and aggregate != "any":
             raise ConfigError(
                 f"negative_class ({negative_class!r}) applies to aggregate='any' only, got {aggregate!r}"

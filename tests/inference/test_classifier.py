@@ -102,6 +102,26 @@ def test_device_validation():
             resolve_device("cuda:0")
 
 
+@pytest.mark.parametrize(
+    ("option", "value"), [("overlap", 1.5), ("overlap", -0.1), ("overlap", "0.5"), ("batch_size", 0)]
+)
+def test_bad_window_options_are_refused_at_load_not_per_scan(model_file, option, value):
+    # refused before any scan is read: a typo must not turn every scan of a batch into an error row
+    with pytest.raises(ConfigError, match=f"{option} must be .*{value!r}"):
+        Classifier.load(model_file, device="cpu", **{option: value})
+
+
+def test_cli_predict_bad_overlap_is_a_usage_error(model_file, scans):
+    from typer.testing import CliRunner
+
+    from medres3d.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(model_file), str(scans[0]), "--device", "cpu",
+                                      "--overlap", "1.5"])
+    assert result.exit_code == 2, result.output
+    assert "overlap must be" in result.output
+
+
 def test_model_preprocessing_is_applied_and_evidence_lies_in_the_scan_world(tmp_path):
     from medres3d.transforms import PreprocessingSpec, preprocess
 
