@@ -371,9 +371,11 @@ class Trainer:
         """Make BatchNorm running statistics identical on all ranks (their mean over ranks)."""
         if not ctx.enabled:
             return
-        for buffer in module.buffers():
-            if buffer.is_floating_point():
-                buffer.copy_(mdist.all_reduce_sum(ctx, buffer.detach().clone()) / ctx.world_size)
+        # BatchNorm only: the input statistics are identical already, and (3 * x) / 3 != x in float32.
+        for norm in module.modules():
+            if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats:
+                for buffer in (norm.running_mean, norm.running_var):
+                    buffer.copy_(mdist.all_reduce_sum(ctx, buffer.detach().clone()) / ctx.world_size)
 
     @torch.no_grad()
     def _population_bn(self, module: nn.Module, data: _Data, ctx: mdist.DistContext) -> None:

@@ -55,3 +55,38 @@ def test_torchrun_two_processes(small_dataset, tmp_path, make_config):
         value = getattr(model.net.input, name).item()
         assert abs(value - reference) <= np.spacing(np.float32(reference)), name
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["training"]["epochs"] == 2
+
+
+def _average_on_rank(rank: int, store: str, result: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from medres3d.distributed import DistContext
+    from medres3d.models.resnet3d import resnet3d
+    from medres3d.training import Trainer
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=3)
+    torch.manual_seed(0)
+    net = resnet3d((8, 8, 8), 2, initial_num_filters=4, stack_depth=(1,), num_filters=(4,),
+                   normalization="zscore")
+    # identical input statistics on every rank (as fit_normalization leaves them), rank-specific BN
+    net.input.set_statistics(mean=[0.1], std=[0.3], min=[-0.7], max=[0.9])
+    net.bn1.running_mean.fill_(float(rank))
+    Trainer._average_buffers(None, net, DistContext(rank, 3, rank, torch.device("cpu")))  # self unused
+    torch.save({"input": {k: getattr(net.input, k) for k in ("mean", "std", "min", "max")},
+                "bn1": net.bn1.running_mean}, f"{result}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_buffer_averaging_keeps_input_statistics_bit_exact_on_three_ranks(tmp_path):
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_average_on_rank, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=3,
+                       start_method="fork")
+    for rank in range(3):
+        out = torch.load(tmp_path / f"out.{rank}")
+        assert torch.equal(out["bn1"], torch.full((4,), 1.0))  # (0 + 1 + 2) / 3
+        # (3 * x) / 3 is not x in float32 for about one value in seven: the statistics must not be averaged
+        for name, value in (("mean", 0.1), ("std", 0.3), ("min", -0.7), ("max", 0.9)):
+            assert torch.equal(out["input"][name], torch.tensor([value], dtype=torch.float32)), name
