@@ -254,7 +254,7 @@ def _read_header_metadata(path: Path) -> dict[str, Any]:
         raise ModelFileError(path, f"cannot read the file: {err}") from err
     try:
         header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # deep nesting recurses
         raise ModelFileError(path, f"not a valid safetensors file: the header is not valid JSON "
                                    f"(truncated or tampered): {err}") from err
     if not isinstance(header, dict):
@@ -292,7 +292,7 @@ def _parse_metadata(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     for key in METADATA_KEYS[1:]:
         try:
             parsed[key] = json.loads(raw[key])
-        except (TypeError, json.JSONDecodeError) as err:
+        except (TypeError, json.JSONDecodeError, RecursionError) as err:
             raise ModelFileError(path, f"metadata {key!r} is not valid JSON: {err}") from err
     return parsed
 

@@ -122,6 +122,19 @@ def test_tampered_header_length_and_truncated_json(model_path, tmp_path):
         assert str(bad) in str(info.value), name
 
 
+def test_deeply_nested_json_is_a_model_file_error(model_path, tmp_path):
+    nested = "[" * 100_000 + "]" * 100_000  # json.loads raises RecursionError on it
+    with safe_open(str(model_path), "pt") as reader:
+        metadata = dict(reader.metadata())
+    header = json.dumps({"__metadata__": metadata, "deep": None}).replace("null", nested).encode()
+    bad = tmp_path / "nested_header.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(header)) + header)
+    in_metadata = _rewrite(model_path, tmp_path / "nested_meta.safetensors", meta={"training": nested})
+    for path, needle in ((bad, "header is not valid JSON"), (in_metadata, "'training' is not valid JSON")):
+        with pytest.raises(ModelFileError, match=needle):
+            read_model(path)
+
+
 def test_data_offsets_outside_file_are_rejected(model_path, tmp_path):
     raw = model_path.read_bytes()
     (length,) = struct.unpack("<Q", raw[:8])
