@@ -103,7 +103,11 @@ class PreprocessingSpec:
         """
         if name not in PRESETS:
             raise ConfigError(f"unknown preprocessing preset {name!r}; valid presets: {sorted(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
+        fields = {**PRESETS[name], **overrides}
+        if name == "ct" and "output_range" in overrides and "background_value" not in overrides:
+            # Air is the window's low end: padding must stay air when the output range moves.
+            fields["background_value"] = fields["output_range"][0]
+        return cls.from_dict(fields)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PreprocessingSpec:

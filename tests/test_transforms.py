@@ -49,6 +49,13 @@ def test_preset_values_and_overrides():
     assert (mri.intensity, mri.spacing, mri.background_value) == ("zscore-foreground", (2.0, 2.0, 2.0), 0.0)
 
 
+def test_ct_background_follows_a_moved_output_range():
+    # air (the window's low end) maps to the low end of the output range; padding must stay air
+    assert PreprocessingSpec.preset("ct", output_range=(-1.0, 1.0)).background_value == -1.0
+    explicit = PreprocessingSpec.preset("ct", output_range=(-1.0, 1.0), background_value=0.5)
+    assert explicit.background_value == 0.5
+
+
 @pytest.mark.parametrize(
     ("fields", "words"),
     [
