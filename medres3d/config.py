@@ -14,14 +14,17 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from medres3d.errors import ConfigError
+from medres3d.transforms import PreprocessingSpec
 
 PoolingType = Literal["max", "average", "none"]
 ResidualBlockType = Literal["batchnorm-before-add", "batchnorm-after-add"]
@@ -63,6 +66,18 @@ class PreprocessingConfig(_Section):
 
     preset: Literal["ct", "mri"] = "ct"
     overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("overrides")
+    @classmethod
+    def _known_fields(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        # A typo here would otherwise surface only when the trainer builds the spec, without the
+        # file name; reported like an unknown key of any other section (see _describe).
+        valid = [f.name for f in dataclasses.fields(PreprocessingSpec)]
+        unknown = [key for key in overrides if key not in valid]
+        if unknown:
+            raise PydanticCustomError("unknown_override", "unknown preprocessing field(s) {keys}",
+                                      {"keys": unknown, "valid": valid})
+        return overrides
 
 
 class ModelConfig(_Section):
@@ -261,6 +276,10 @@ def _describe(err: ValidationError) -> str:
         loc = ".".join(str(p) for p in problem["loc"])
         if problem["type"] == "extra_forbidden":
             lines.append(f"{loc}: unknown key{_valid_keys_hint(problem['loc'])}")
+        elif problem["type"] == "unknown_override":
+            valid = problem["ctx"]["valid"]
+            lines.extend(f"{loc}.{key}: unknown key{_suggestion(str(key), valid)}"
+                         for key in problem["ctx"]["keys"])
         elif problem["type"] == "missing":
             lines.append(f"{loc}: required key is missing")
         else:
@@ -277,7 +296,11 @@ def _valid_keys_hint(loc: tuple[Any, ...]) -> str:
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return ""
         section = annotation
-    valid = list(section.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+    return _suggestion(str(loc[-1]), list(section.model_fields))
+
+
+def _suggestion(key: str, valid: list[str]) -> str:
+    """`` (valid keys: a, b); did you mean 'a'?`` (the question only when a key is close)."""
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f" (valid keys: {', '.join(valid)}){hint}"

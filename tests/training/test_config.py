@@ -43,6 +43,22 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path, section, key, suggesti
     assert f"did you mean {suggestion!r}" in message
 
 
+def test_unknown_preprocessing_override_is_named_like_any_other_key(tmp_path):
+    overrides = {"spacng": [1, 1, 1], "window": [0, 80]}
+    content = {**MINIMAL, "preprocessing": {"preset": "ct", "overrides": overrides}, "training": {"epocs": 3}}
+    path = _write(tmp_path, content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert "preprocessing.overrides.spacng: unknown key (valid keys: orientation, spacing," in message
+    assert "did you mean 'spacing'?" in message
+    assert "training.epocs: unknown key" in message  # reported together with the other sections' errors
+    assert "overrides.window" not in message
+    valid = load_config(_write(tmp_path, {**MINIMAL, "preprocessing": {"overrides": {"spacing": None}}}))
+    assert valid.preprocessing.overrides == {"spacing": None}
+
+
 def test_nested_unknown_key_and_unknown_section(tmp_path):
     content = {**MINIMAL, "training": {"augmentation": {"flip": {"probability": 0.5}}}, "extra": {}}
     with pytest.raises(ConfigError) as info:
