@@ -221,6 +221,55 @@ def _check_class_names(names: list[Any], num_classes: int) -> list[str]:
     return names
 
 
+def _other_format(head: bytes) -> str | None:
+    """What a file that is not a safetensors file looks like, from its first bytes (None: unknown).
+
+    Only called once the first 8 bytes failed as a header length. A real model file, even a
+    truncated one, is never taken for text (its length field has zero high bytes) nor for gzip
+    (its header's "{" follows the length field).
+    """
+    if head[:2] == b"\x1f\x8b" and head[8:9] != b"{":
+        return "a gzip-compressed file (a .nii.gz scan?)"
+    if head[128:132] == b"DICM":
+        return "a DICOM file"
+    for order in "<>":
+        if len(head) >= 348 and struct.unpack(f"{order}i", head[:4])[0] in (348, 540) and (
+                head[344:347] in (b"n+1", b"ni1") or head[4:7] in (b"n+2", b"ni2")):
+            return "a NIfTI image (a scan?)"
+    text = _as_text(head)
+    if text is None or _is_text_pickle(head):
+        return None
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if first[:1] in ("{", "["):
+        return "a text file (JSON?)"
+    if first.startswith(("---", "#")) or ":" in first:
+        return "a text file (YAML? a training config?)"
+    if "," in first:
+        return "a text file (CSV? a manifest?)"
+    return "a text file"
+
+
+def _is_text_pickle(head: bytes) -> bool:
+    """A protocol-0 pickle is printable text too; it keeps the binary-file message (not unpickled)."""
+    import pickletools
+
+    try:  # genops only decodes opcodes: nothing is imported or executed
+        return any(opcode.name == "STOP" for opcode, _, _ in pickletools.genops(head))
+    except Exception:  # any decoding failure (ValueError, struct.error...) means "not a pickle"
+        return False
+
+
+def _as_text(head: bytes) -> str | None:
+    """``head`` decoded as UTF-8 text of printable characters, or None."""
+    for cut in range(4):  # the read may end inside a multi-byte character
+        try:
+            text = head[: len(head) - cut].decode("utf-8-sig")
+        except UnicodeDecodeError:
+            continue
+        return text if text and all(c.isprintable() or c in "\t\n\r\f\v" for c in text) else None
+    return None
+
+
 def _read_header_metadata(path: Path) -> dict[str, Any]:
     """Parse the safetensors header by hand, so that nothing but JSON is ever interpreted."""
     try:
@@ -234,6 +283,11 @@ def _read_header_metadata(path: Path) -> dict[str, Any]:
             # A real header starts with "{"; only then can the 8 bytes be a length and not the
             # magic of another format (0x80 is also a valid low byte of a header length).
             if not (plausible and handle.read(1) == b"{"):
+                handle.seek(0)
+                other = _other_format(handle.read(1024))
+                if other is not None:
+                    raise ModelFileError(path, f"not a medres3d model file: it looks like {other}; pass the "
+                                               "model.safetensors file written by `medres3d train`")
                 if prefix[:2] == b"PK":
                     raise ModelFileError(path, "not a safetensors model file: it is a zip archive "
                                                "(a torch.save checkpoint?); it was not opened")

@@ -120,6 +120,40 @@ def test_tampered_header_length_and_truncated_json(model_path, tmp_path):
         with pytest.raises(ModelFileError) as info:
             read_model(bad)
         assert str(bad) in str(info.value), name
+        assert "looks like" not in str(info.value), name  # a damaged model file is not "another format"
+        if name in ("longer", "huge", "truncated"):
+            assert "truncated or tampered" in str(info.value), name
+
+
+def _scan_files(folder: Path) -> dict[str, Path]:
+    import numpy as np
+
+    from medres3d.synthetic.dicom_writer import write_dicom_series
+    from medres3d.synthetic.nifti_writer import write_nifti
+
+    volume, affine = np.zeros((4, 4, 3), dtype=np.int16), np.diag([2.0, 2.0, 2.0, 1.0])
+    dicom = sorted(write_dicom_series(volume, affine, folder / "series"))[0]
+    return {"NIfTI image": write_nifti(volume, affine, folder / "scan.nii"),
+            "gzip-compressed file": write_nifti(volume, affine, folder / "scan.nii.gz"),
+            "DICOM file": dicom}
+
+
+def test_other_kinds_of_file_are_named_not_called_tampered(tmp_path):
+    config = Path(__file__).parents[2] / "sample_configs" / "tiny.yaml"
+    texts = {"text file (YAML?": config.read_text(), "text file (JSON?)": json.dumps({"model": [1, 2]}),
+             "text file (CSV?": "path,label\nscan.nii.gz,normal\n", "a text file;": "just some notes\n",
+             "text file (YAML? a training config?)": "---\ndata: {manifest: m.csv}\n# été\n"}
+    files = {kind: tmp_path / f"{i}.yaml" for i, kind in enumerate(texts)}
+    for kind, path in files.items():
+        path.write_text(texts[kind], encoding="utf-8")
+    files.update(_scan_files(tmp_path))
+    for kind, path in files.items():
+        with pytest.raises(ModelFileError) as info:
+            read_model(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: not a medres3d model file: it looks like "), kind
+        assert kind in message and "header length" not in message, kind
+        assert "pass the model.safetensors file written by `medres3d train`" in message, kind
 
 
 def test_deeply_nested_json_is_a_model_file_error(model_path, tmp_path):
