@@ -28,12 +28,15 @@ app = typer.Typer(
 def train(
     config: Annotated[Path, typer.Argument(help="training config YAML (sample_configs/, docs/training.md)")],
     resume: Annotated[bool, typer.Option("--resume", help="continue from output_dir/checkpoint.pt")] = False,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar (logs, CI)")] = False,
+    no_progress: Annotated[bool, typer.Option(
+        "--no-progress", help="no progress bar, one plain line per epoch (the default when stderr is not "
+                              "a terminal: logs, CI)")] = False,
 ) -> None:
     """Train a network from a YAML config; under torchrun, data-parallel over all processes.
 
     Writes model.safetensors, metrics.csv, config.yaml (resolved), training_curves.png and
-    confusion_matrix.png to the config's output_dir.
+    confusion_matrix.png to the config's output_dir. Rows per class and one line per epoch go
+    to stderr; the summary (best epoch as logged, then the saved model re-measured) to stdout.
 
     Example: torchrun --nproc_per_node 4 -m medres3d.cli train sample_configs/ct_resnet18_hu_window.yaml
     """
@@ -42,16 +45,27 @@ def train(
     from medres3d.training import Trainer
 
     try:
-        result = Trainer(load_config(config), resume=resume, progress=not no_progress).fit()
+        train_config = load_config(config)
+        result = Trainer(train_config, resume=resume, progress=not no_progress).fit()
     except MedRes3DError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
     if os.environ.get("RANK", "0") != "0":
         return
-    final = result.final_metrics
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items() if v is not None) or "no validation data"
-    stop = " (early stopping)" if result.stopped_early else ""
-    typer.echo(f"trained {result.epochs_run} epoch(s){stop}; best epoch {result.best_epoch}; {shown}")
+
+    def shown(metrics: dict) -> str:
+        return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if v is not None) or "none defined"
+
+    trained = f"trained {result.epochs_run} epoch(s){' (early stopping)' if result.stopped_early else ''}"
+    if result.best_epoch is None:
+        typer.echo(f"{trained}; no validation data (the model holds the last epoch's weights)")
+    else:
+        # The saved model is measured again: population BatchNorm statistics (or output_network:
+        # last) make its numbers differ from the best epoch's row of metrics.csv; both are shown.
+        typer.echo(f"{trained}; best epoch {result.best_epoch} (logged: {shown(result.best_metrics)})")
+        after = " after BatchNorm re-estimation" if train_config.training.population_bn_stats else ""
+        typer.echo(f"final model{after} (weights of epoch {result.saved_epoch}): "
+                   f"{shown(result.final_metrics)}")
     typer.echo(f"classes: {', '.join(result.class_names)}")
     typer.echo(f"model: {result.model_path}")
     typer.echo(f"run folder: {result.run_dir} (metrics.csv, config.yaml, training_curves.png, "

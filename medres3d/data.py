@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import json
 import os
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from medres3d.transforms import PreprocessingSpec
 
 SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ("path", "label", "split")
 
 
 @dataclass(frozen=True)
@@ -90,17 +92,14 @@ def read_manifest(manifest: str | os.PathLike[str]) -> list[ManifestRow]:
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            records = [(n, {k.strip(): (v or "").strip() for k, v in rec.items() if k is not None})
+            written = list(reader.fieldnames or [])
+            records = [(n, {_column(k): (v or "").strip() for k, v in rec.items() if k is not None})
                        for n, rec in enumerate(reader, start=2)]
     except FileNotFoundError as err:
         raise ManifestError(manifest, "manifest file not found") from err
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise ManifestError(manifest, f"cannot read the manifest as a UTF-8 CSV: {err}") from err
-    missing = [c for c in ("path", "label") if c not in columns]
-    if missing:
-        raise ManifestError(manifest, f"the header must name the columns path,label[,split]; missing "
-                                      f"{', '.join(missing)} (header: {','.join(columns)})")
+    columns = _check_columns(manifest, written)
     has_split = "split" in columns
     rows, problems = [], []
     for number, record in records:
@@ -118,6 +117,29 @@ def read_manifest(manifest: str | os.PathLike[str]) -> list[ManifestRow]:
     if not rows:
         raise ManifestError(manifest, "the manifest has a header but no rows")
     return rows
+
+
+def _column(name: str) -> str:
+    # Spreadsheets write "Label" or " label "; the columns are matched as the user means them.
+    return name.strip().casefold()
+
+
+def _check_columns(manifest: Path, written: Sequence[str]) -> list[str]:
+    """The header's column names, matched case-insensitively; refuses duplicates and missing columns."""
+    columns = [_column(c) for c in written]
+    found = ", ".join(repr(c) for c in written) or "none"
+    twice = sorted({c for c in columns if columns.count(c) > 1 and c in MANIFEST_COLUMNS})
+    if twice:
+        raise ManifestError(manifest, f"the header names the column(s) {', '.join(twice)} more than "
+                                      f"once (names are matched case-insensitively); found columns: {found}")
+    missing = [c for c in MANIFEST_COLUMNS[:2] if c not in columns]
+    if missing:
+        hints = [f"{close[0]!r} for {c!r}?" for c in missing
+                 if (close := difflib.get_close_matches(c, columns, n=1, cutoff=0.6))]
+        hint = f"; did you mean {', '.join(hints)}" if hints else ""
+        raise ManifestError(manifest, f"the header must name the columns path,label[,split] (in any case); "
+                                      f"missing {', '.join(missing)}; found columns: {found}{hint}")
+    return columns
 
 
 def class_names_of(rows: Sequence[ManifestRow], class_names: Sequence[str] | None = None,
@@ -141,6 +163,107 @@ def class_names_of(rows: Sequence[ManifestRow], class_names: Sequence[str] | Non
     if problems:
         raise ManifestError(manifest, summarize_problems(problems))
     return list(class_names)
+
+
+def count_labels(rows: Sequence[ManifestRow]) -> dict[str, int]:
+    """Rows per label, in sorted label order.
+
+    Example:
+        >>> count_labels([ManifestRow(n, Path(p), label, None, p)
+        ...               for n, p, label in ((2, "a", "white"), (3, "b", "grey"), (4, "c", "white"))])
+        {'grey': 1, 'white': 2}
+    """
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.label] = counts.get(r.label, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def check_label_typos(rows: Sequence[ManifestRow], manifest: str | os.PathLike[str] = "manifest") -> None:
+    """Refuse labels that look like a slip of another label rather than a class of their own.
+
+    Without ``data.class_names`` every distinct label becomes a class, so one ``wite`` among
+    hundreds of ``white`` would silently train an extra output. A label is suspicious when it is
+
+    - the same as another label but for case or separators (``White``, ``non-lesion`` / ``non_lesion``);
+    - one letter away from a label with at least twice its rows (a letter left out, added, replaced
+      or two letters swapped, and difflib ratio >= 0.8; edits of digits or of one-letter words,
+      as in ``grade1`` / ``grade2`` or ``type_a`` / ``type_b``, name real classes and pass);
+    - or rare: at most 2 rows and under 5% of the rows of the largest class.
+
+    Listing the classes in ``data.class_names`` accepts them all; the trainer then skips this check.
+
+    Raises:
+        ManifestError: naming each suspicious label, its rows, the label it looks like and its row count.
+
+    Example:
+        >>> rows = [ManifestRow(n, Path(str(n)), "wite" if n == 9 else "white", None, str(n))
+        ...         for n in range(2, 42)]
+        >>> check_label_typos(rows, "m.csv")   # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        medres3d.errors.ManifestError: m.csv: 1 problem(s): label 'wite' (1 row: row 9) looks like a ...
+    """
+    counts = count_labels(rows)
+    largest = max(counts, key=lambda name: counts[name], default=None)
+    problems = []
+    for name, count in counts.items():
+        others = sorted((n for n in counts if n != name), key=lambda n: -counts[n])
+        alike = [n for n in others if _squeezed(n) == _squeezed(name)
+                 and (counts[n], name) > (count, n)]  # of a pair with equal counts, report one
+        slips = [n for n in others if 2 * count <= counts[n] and _one_slip_apart(name, n)]
+        if alike:
+            twin, why = alike[0], "it differs only in case or separators"
+        elif slips:
+            twin, why = slips[0], "they are one letter apart"
+        elif largest is not None and count <= 2 and count < 0.05 * counts[largest]:
+            twin = max(others, key=lambda n: (difflib.SequenceMatcher(None, name, n).ratio(), counts[n]))
+            why = f"it has under 5% of the rows of the largest class {largest!r}"
+        else:
+            continue
+        numbers = [r.row for r in rows if r.label == name]
+        where = ", ".join(str(n) for n in numbers[:5]) + (", ..." if len(numbers) > 5 else "")
+        plural = "s" if count > 1 else ""
+        problems.append(f"label {name!r} ({count} row{plural}: row{plural} {where}) looks like a typo of "
+                        f"{twin!r} ({counts[twin]} rows): {why}")
+    if problems:
+        raise ManifestError(manifest, summarize_problems(problems) + "; fix the labels, or list every class "
+                                      "in data.class_names to train such a label as a class of its own")
+
+
+def _squeezed(label: str) -> str:
+    return "".join(c for c in label.casefold() if c.isalnum())
+
+
+def _one_slip_apart(a: str, b: str) -> bool:
+    """One letter left out, added, replaced, or two neighbours swapped; not a digit, not a one-letter word."""
+    a, b = a.casefold(), b.casefold()
+    if difflib.SequenceMatcher(None, a, b).ratio() < 0.8:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
+    same_length = len(a) == len(b)
+    if len(b) == len(a) + 1 and a[i:] == b[i + 1:]:
+        edited, word = {b[i]}, _word_length(b, i)
+    elif same_length and i < len(a) and a[i + 1:] == b[i + 1:]:
+        edited, word = {a[i], b[i]}, _word_length(a, i)
+    elif same_length and i + 1 < len(a) and (a[i], a[i + 1]) == (b[i + 1], b[i]) and a[i + 2:] == b[i + 2:]:
+        edited, word = {a[i], a[i + 1]}, 2
+    else:
+        return False
+    return word > 1 and not any(c.isdigit() for c in edited)
+
+
+def _word_length(text: str, index: int) -> int:
+    """Length of the run of letters and digits around ``text[index]`` (0 on a separator)."""
+    if not text[index].isalnum():
+        return 0
+    start, end = index, index + 1
+    while start > 0 and text[start - 1].isalnum():
+        start -= 1
+    while end < len(text) and text[end].isalnum():
+        end += 1
+    return end - start
 
 
 def check_files(rows: Sequence[ManifestRow], manifest: str | os.PathLike[str]) -> dict[int, str]:

@@ -2,7 +2,9 @@
 
 What a run does, in order:
 
-1. Reads and checks the manifest (every row: columns, labels, files) and splits it.
+1. Reads and checks the manifest (every row: columns, labels, files), splits it, prints the rows
+   per class and split, and refuses labels that look like typos of another label
+   (:func:`medres3d.data.check_label_typos`) unless ``data.class_names`` lists the classes.
 2. One pass over every row, sharded over ranks: loads and preprocesses each scan (filling the
    cache), collects the rows that fail to load, and, unless resuming, fits the network's input
    normalization on the training split, as MATLAB does at training time: after preprocessing,
@@ -12,8 +14,8 @@ What a run does, in order:
    here with one :class:`~medres3d.errors.ManifestError` listing them all.
 3. Epochs: shuffled (seeded per epoch, so a resumed run draws the same batches), augmented,
    optionally AMP and gradient clipping; validation each epoch (sliding windows over the whole
-   volume with ``patches``, exactly what inference does); metrics to ``metrics.csv``; a resume
-   checkpoint; early stopping on the monitored metric.
+   volume with ``patches``, exactly what inference does); metrics to ``metrics.csv`` and one
+   line on stderr; a resume checkpoint; early stopping on the monitored metric.
 4. The best (or last) weights, optionally MATLAB-style "population" BatchNorm statistics,
    ``model.safetensors`` with provenance, ``config.yaml``, and two PNG figures.
 
@@ -35,6 +37,7 @@ import math
 import os
 import platform
 import random
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -71,9 +74,16 @@ class TrainResult:
         best_epoch: epoch of the best monitored metric (None without validation data).
         stopped_early: True when early stopping ended the run.
         history: one dict per epoch, the rows of ``metrics.csv``.
-        final_metrics: validation metrics of the saved weights.
+        final_metrics: validation metrics of the saved weights, measured again after training
+            (after the BatchNorm re-estimation with ``population_bn_stats``, so they can differ
+            from the logged ones).
         class_names: output order of the network.
         weights_sha256: hash of the final state_dict (identical on every rank).
+        best_metrics: the validation metrics logged at ``best_epoch`` (its row of ``metrics.csv``);
+            empty without validation data.
+        saved_epoch: the epoch whose weights the model file holds (``best_epoch`` with
+            ``output_network: best`` and validation data, else the last epoch); None when not completed.
+        class_counts: rows per class of each split, ``{"train": {name: n}, "val": {name: n}}``.
     """
 
     run_dir: Path
@@ -86,6 +96,9 @@ class TrainResult:
     final_metrics: dict[str, float | None] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
     weights_sha256: str = ""
+    best_metrics: dict[str, float | None] = field(default_factory=dict)
+    saved_epoch: int | None = None
+    class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,6 +110,11 @@ class _Data:
     train_rows: list[mdata.ManifestRow]
     val_rows: list[mdata.ManifestRow]
     data_hash: str
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """Rows per class (every class, in output order) of each split."""
+        return {split: {name: sum(r.label == name for r in rows) for name in self.class_names}
+                for split, rows in (("train", self.train_rows), ("val", self.val_rows))}
 
 
 def _seed(*parts: int) -> int:
@@ -122,23 +140,41 @@ def weights_sha256(module: nn.Module) -> str:
 class Trainer:
     """Train a network as a :class:`~medres3d.config.TrainConfig` describes (see the module doc).
 
+    Rank 0 writes the rows per class and split, then one line per epoch, to stderr: plain lines
+    (no bar, no wrapping) unless stderr is a terminal and ``progress`` is on, where they print
+    above a Rich progress bar.
+
     Args:
         config: the validated configuration (:func:`medres3d.config.load_config`).
         resume: continue from ``output_dir/checkpoint.pt`` if it exists.
-        progress: show a Rich progress bar (rank 0 only).
+        progress: show a Rich progress bar when stderr is a terminal.
+        verbose: write the class counts and epoch lines (False: silent).
 
     Example:
         >>> trainer = Trainer(load_config("sample_configs/tiny.yaml"))   # doctest: +SKIP
         >>> trainer.fit().history[-1]["val_accuracy"]                     # doctest: +SKIP
     """
 
-    def __init__(self, config: TrainConfig, *, resume: bool = False, progress: bool = True) -> None:
+    def __init__(self, config: TrainConfig, *, resume: bool = False, progress: bool = True,
+                 verbose: bool = True) -> None:
         if not isinstance(config, TrainConfig):
             raise ConfigError(f"Trainer needs a TrainConfig, got {type(config).__name__}; use load_config()")
         self.config = config
         self.resume = resume
         self.progress = progress
+        self.verbose = verbose
         self.run_dir = Path(config.output_dir)
+        self._bar: Any = None  # the Rich progress bar while one is shown
+
+    def _log(self, ctx: mdist.DistContext, text: str) -> None:
+        """One message of rank 0 on stderr, above the progress bar when one is shown."""
+        if not (self.verbose and ctx.is_main):
+            return
+        if self._bar is not None:
+            self._bar.console.print(text, soft_wrap=True, markup=False, highlight=False)
+        else:
+            # plain print: a Rich console would wrap log lines at 80 columns when not on a terminal
+            print(text, file=sys.stderr, flush=True)
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -176,11 +212,15 @@ class Trainer:
         manifest = cfg.data.manifest
         rows = mdata.read_manifest(manifest)
         names = mdata.class_names_of(rows, cfg.data.class_names, manifest)
+        train_rows, val_rows = mdata.split_rows(rows, cfg.data.val_fraction, cfg.training.seed)
+        # Shown before any refusal: the table is what tells a typo from a real rare class.
+        self._log(ctx, _class_table(manifest, names, train_rows, val_rows))
+        if cfg.data.class_names is None:
+            mdata.check_label_typos(rows, manifest)
         weights = cfg.training.class_weights
         if isinstance(weights, list) and len(weights) != len(names):
             raise ConfigError(f"training.class_weights has {len(weights)} entries for {len(names)} "
                               f"classes {names}")
-        train_rows, val_rows = mdata.split_rows(rows, cfg.data.val_fraction, cfg.training.seed)
         if not train_rows:
             raise ManifestError(manifest, "no training rows (split column has no 'train' rows)")
         used = train_rows + val_rows
@@ -479,7 +519,8 @@ class Trainer:
         last = t.epochs if until_epoch is None else min(t.epochs, until_epoch)
         if stopped_early:  # resuming a run that early stopping ended: only the final steps remain
             last = start
-        with _progress(self.progress and ctx.is_main) as progress:
+        with _progress(self.progress and self.verbose and ctx.is_main) as progress:
+            self._bar = progress
             for epoch in range(start + 1, last + 1):
                 began = time.perf_counter()
                 loader = self._train_loader(data.train, ctx, epoch)
@@ -509,16 +550,18 @@ class Trainer:
                         "best_epoch": best_epoch, "best_state": best_state, "bad_epochs": bad_epochs,
                         "stopped_early": stopped_early, "class_names": data.class_names,
                         "model_config": net.config.to_dict(), "rng": ckpt.rng_state()})
-                    if progress is not None:
-                        progress.console.print(_epoch_line(row, t.epochs))
+                    self._log(ctx, _epoch_line(row, t.epochs))
                 mdist.barrier(ctx)
                 if stopped_early:
                     break
+        self._bar = None
 
         epochs_run = history[-1]["epoch"] if history else start
         if not stopped_early and epochs_run < t.epochs:
             return TrainResult(self.run_dir, None, False, epochs_run, best_epoch, False, history,
-                               class_names=data.class_names, weights_sha256=weights_sha256(net))
+                               class_names=data.class_names, weights_sha256=weights_sha256(net),
+                               best_metrics=_logged_metrics(history, best_epoch),
+                               class_counts=data.class_counts())
         return self._finish(net, data, spec, ctx, history, best_state, best_epoch, stopped_early)
 
     def _finish(self, net: nn.Module, data: _Data, spec: Any, ctx: mdist.DistContext,
@@ -529,14 +572,18 @@ class Trainer:
         from medres3d.plots import plot_confusion_matrix, plot_training_curves
 
         cfg, t = self.config, self.config.training
+        saved_epoch = history[-1]["epoch"]
         if t.output_network == "best" and best_state is not None:
             net.load_state_dict(best_state)
+            saved_epoch = best_epoch
         if t.population_bn_stats:
             self._population_bn(net, data, ctx)
         final, counts = self._validate(net, data, spec, ctx)
         digests = mdist.all_gather(ctx, weights_sha256(net))
         result = TrainResult(self.run_dir, None, True, history[-1]["epoch"], best_epoch, stopped_early,
-                             history, final, data.class_names, digests[0])
+                             history, final, data.class_names, digests[0],
+                             best_metrics=_logged_metrics(history, best_epoch), saved_epoch=saved_epoch,
+                             class_counts=data.class_counts())
         if ctx.is_main:
             import monai
 
@@ -600,19 +647,39 @@ def _write_metrics(path: Path, history: Sequence[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
+def _logged_metrics(history: Sequence[dict[str, Any]], epoch: int | None) -> dict[str, float | None]:
+    """The validation metrics of ``epoch``'s row of the history (empty for None)."""
+    row = next((r for r in history if r["epoch"] == epoch), None) if epoch is not None else None
+    return {} if row is None else {k: row.get(k) for k in METRIC_COLUMNS if k.startswith("val_")}
+
+
+def _class_table(manifest: Any, names: Sequence[str], train: Sequence[mdata.ManifestRow],
+                 val: Sequence[mdata.ManifestRow]) -> str:
+    """``rows per class (train / val) of <manifest>:`` and one aligned line per class."""
+    width = max(len(name) for name in (*names, "total"))
+    lines = [f"rows per class (train / val) of {manifest}:"]
+    for label in names:
+        n_train, n_val = sum(r.label == label for r in train), sum(r.label == label for r in val)
+        lines.append(f"  {label:<{width}}  {n_train:>6} / {n_val}")
+    lines.append(f"  {'total':<{width}}  {len(train):>6} / {len(val)}")
+    return "\n".join(lines)
+
+
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
     def fmt(value: Any) -> str:
         return "-" if value is None else f"{value:.4f}"
 
     return (f"epoch {row['epoch']}/{epochs}  loss {fmt(row['train_loss'])}  val_loss {fmt(row['val_loss'])}  "
             f"val_acc {fmt(row['val_accuracy'])}  val_bal_acc {fmt(row['val_balanced_accuracy'])}  "
-            f"val_auc {fmt(row['val_auc'])}  ({row['seconds']:.1f} s)")
+            f"val_auc {fmt(row['val_auc'])}  lr {row['lr']:.3g}  ({row['seconds']:.1f} s)")
 
 
 def _progress(enabled: bool) -> Any:
-    if not enabled:
+    """A Rich progress bar on stderr, only when it is a terminal (logs get plain lines instead)."""
+    if not (enabled and sys.stderr.isatty()):
         return nullcontext(None)
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True)
+                    transient=True, console=Console(stderr=True))

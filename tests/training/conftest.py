@@ -85,7 +85,7 @@ def small_dataset(tmp_path_factory) -> Path:
                                 split_fractions=(0.75, 0.25, 0.0), lesion_contrast=(300.0, 400.0), seed=5)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_config():
     """:func:`tiny_config`, for tests (conftest modules cannot be imported by name)."""
     return tiny_config

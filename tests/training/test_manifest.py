@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from medres3d.data import check_files, class_names_of, data_hash, read_manifest, split_rows
+from medres3d.data import (
+    check_files,
+    check_label_typos,
+    class_names_of,
+    count_labels,
+    data_hash,
+    read_manifest,
+    split_rows,
+)
 from medres3d.errors import ManifestError
 
 
@@ -85,3 +93,56 @@ def test_a_single_row_class_stays_in_training_at_any_val_fraction(tmp_path):
         train, val = split_rows(rows, fraction, seed=0)
         assert [r.label for r in train].count("y") == 1 and "y" not in [r.label for r in val], fraction
         assert [r.label for r in train].count("x") >= 1 and [r.label for r in val].count("x") >= 1
+
+
+def test_column_names_match_in_any_case_and_missing_ones_are_explained(tmp_path):
+    rows = read_manifest(_write(tmp_path, " Path ,LABEL,Split\na.nii,x,train\nb.nii,y,val\n"))
+    assert [(r.written_path, r.label, r.split) for r in rows] == [("a.nii", "x", "train"),
+                                                                  ("b.nii", "y", "val")]
+    with pytest.raises(ManifestError) as info:
+        read_manifest(_write(tmp_path, "Path,Lable,Split\na.nii,x,train\n"))
+    message = str(info.value)
+    assert "missing label" in message and "found columns: 'Path', 'Lable', 'Split'" in message
+    assert "path,label[,split]" in message and "did you mean 'lable' for 'label'?" in message
+    with pytest.raises(ManifestError, match="names the column\\(s\\) label more than once"):
+        read_manifest(_write(tmp_path, "path,Label,label\na.nii,x,y\n"))
+
+
+def _labelled(tmp_path: Path, counts: dict[str, int]) -> list:
+    labels = [label for label, n in counts.items() for _ in range(n)]
+    return read_manifest(_write(tmp_path, "path,label\n" + "".join(f"s{i},{x}\n"
+                                                                    for i, x in enumerate(labels))))
+
+
+@pytest.mark.parametrize(
+    ("counts", "suspect", "twin", "why"),
+    [({"white": 40, "grey": 30, "wite": 1}, "wite", "white", "one letter apart"),
+     ({"lesion": 3, "normal": 4, "lesoin": 1}, "lesoin", "lesion", "one letter apart"),   # swapped letters
+     ({"normal": 5, "Normal": 5, "lesion": 5}, "normal", "Normal", "only in case or separators"),
+     ({"non_lesion": 6, "non-lesion": 2, "lesion": 6}, "non-lesion", "non_lesion", "only in case"),
+     ({"normal": 60, "lesion": 50, "tumour": 2}, "tumour", "normal", "under 5% of the rows of the largest")],
+)
+def test_labels_that_look_like_typos_are_refused(tmp_path, counts, suspect, twin, why):
+    rows = _labelled(tmp_path, counts)
+    with pytest.raises(ManifestError) as info:
+        check_label_typos(rows, "data/m.csv")
+    message = str(info.value)
+    assert message.startswith("data/m.csv: 1 problem(s): ") and why in message
+    first, plural = next(r.row for r in rows if r.label == suspect), "s" * (counts[suspect] > 1)
+    assert f"label {suspect!r} ({counts[suspect]} row{plural}: row{plural} {first}" in message
+    assert f"looks like a typo of {twin!r} ({counts[twin]} rows)" in message
+    assert "list every class in data.class_names" in message
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [{"normal": 40, "abnormal": 10},              # an affix, not a slip
+     {"grade1": 30, "grade2": 5, "grade3": 12},   # digits name real classes
+     {"type_a": 20, "type_b": 4},                 # so do one-letter words
+     {"white": 3, "wite": 2},                     # one letter apart but not rarer than half
+     {"normal": 30, "lesion": 2},                 # rare, but not under 5% of the largest class
+     {"a": 1, "b": 1}],
+)
+def test_similar_or_small_classes_that_are_not_typos_pass(tmp_path, counts):
+    assert check_label_typos(_labelled(tmp_path, counts), "m.csv") is None
+    assert count_labels(_labelled(tmp_path, counts)) == dict(sorted(counts.items()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -183,3 +184,65 @@ def test_cache_decodes_each_scan_once(small_dataset, tmp_path, make_config, monk
     assert len(calls) == len(set(calls)) == 8  # 6 train + 2 val scans, over 2 epochs and 3 validations
     if cache == "disk":
         assert len(list((tmp_path / "run" / "cache").rglob("*.pt"))) == 8
+
+
+def _with_typo(small_dataset, tmp_path):
+    """The small phantoms' manifest with one training 'normal' row labelled 'norml'."""
+    with open(small_dataset, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    typo = next(i for i, r in enumerate(rows) if r["label"] == "normal" and r["split"] == "train")
+    rows[typo]["label"] = "norml"
+    manifest = tmp_path / "typo.csv"
+    manifest.write_text("path,label,split\n" + "".join(
+        f"{small_dataset.parent / r['path']},{r['label']},{r['split']}\n" for r in rows))
+    return manifest, typo + 2  # spreadsheet row number
+
+
+def test_a_typo_label_is_refused_after_showing_the_rows_per_class(small_dataset, tmp_path, make_config,
+                                                                   capsys):
+    manifest, row = _with_typo(small_dataset, tmp_path)
+    run = tmp_path / "run"
+    with pytest.raises(ManifestError) as info:
+        Trainer(make_config(manifest, run), progress=False).fit()
+    message = str(info.value)
+    assert message.startswith(f"{manifest}: ")
+    assert f"label 'norml' (1 row: row {row}) looks like a typo of 'normal' (3 rows)" in message
+    assert "data.class_names" in message
+    table = capsys.readouterr().err
+    assert f"rows per class (train / val) of {manifest}:" in table
+    for line in (r"^  norml +1 / 0$", r"^  normal +2 / 1$", r"^  lesion +3 / 1$"):
+        assert re.search(line, table, re.MULTILINE), table
+    assert not run.exists() or not any(run.iterdir())  # refused before anything was written
+
+
+def test_listed_class_names_accept_a_rare_label_and_epochs_log_without_a_terminal(
+        small_dataset, tmp_path, make_config, capsys):
+    manifest, _ = _with_typo(small_dataset, tmp_path)
+    names = ["lesion", "normal", "norml"]
+    cfg = make_config(manifest, tmp_path / "run", epochs=2, data={"class_names": names})
+    result = Trainer(cfg, progress=True).fit(until_epoch=1)  # progress on, but stderr is no terminal here
+    assert result.class_names == names
+    assert result.class_counts == {"train": {"lesion": 3, "normal": 2, "norml": 1},
+                                   "val": {"lesion": 1, "normal": 1, "norml": 0}}
+    assert result.best_metrics == {k: result.history[0][k] for k in
+                                   ("val_loss", "val_accuracy", "val_balanced_accuracy", "val_auc")}
+    err = capsys.readouterr().err
+    assert re.search(r"^epoch 1/2  loss \d\.\d{4}  val_loss .*  lr 0\.01  \(\d+\.\d s\)$", err,
+                     re.MULTILINE), err
+
+
+def test_a_progress_bar_only_on_a_terminal(monkeypatch):
+    import io
+
+    from rich.progress import Progress
+
+    from medres3d import training
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert training._progress(True).__enter__() is None
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert isinstance(training._progress(True), Progress) and training._progress(False).__enter__() is None
