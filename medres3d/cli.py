@@ -280,7 +280,9 @@ def batch(
         typer.echo(
             f"{summary.total} scan(s) selected ({summary.excluded} excluded by the options, "
             f"{summary.skipped_files} non-image or unreadable file(s) skipped); this run: {summary.ok} ok, "
-            f"{summary.errors} error(s), {summary.done_before} already done; results: {summary.out}",
+            f"{summary.errors} error(s), {summary.done_before} already done; warm-up "
+            f"{summary.warmup_seconds:.1f} s (imports, first forward pass; not in the rows' seconds); "
+            f"results: {summary.out}",
             err=True,
         )
     raise typer.Exit(summary.exit_code)

@@ -155,8 +155,8 @@ def explain(
         >>> exp.label, exp.layer, exp.heatmap.shape                             # doctest: +SKIP
         ('lesion', 'stack4_block3_relu3', (512, 512, 120))
     """
-    from medres3d.inference.classifier import prepare_scan
     from medres3d.inference.evidence import resample_to_grid
+    from medres3d.inference.prepare import prepare_scan
 
     prepared = prepare_scan(scan, classifier.preprocessing, keep_volume=True)
     prediction = classifier.predict_prepared(prepared)

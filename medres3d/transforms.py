@@ -10,8 +10,16 @@ so inference prepares scans exactly as training did. The pipeline, in order:
    ``output_range`` (MONAI ``ScaleIntensityRange``); ``"zscore-foreground"`` subtracts the mean
    and divides by the standard deviation of the foreground voxels (``> foreground_threshold``),
    per channel, and sets the background to ``background_value``; ``"none"`` keeps the values;
-4. ``spatial_size``: centre crop/pad to this size, padding with ``background_value`` (MONAI
-   ``ResizeWithPadOrCrop``).
+4. ``spatial_size``: the network's input size, matched as ``size_mode`` says: ``"window"``
+   (default) and ``"crop-or-pad"`` centre crop/pad to it, padding with ``background_value``
+   (MONAI ``ResizeWithPadOrCrop``); ``"resize"`` resamples the whole scan to it (MONAI
+   ``Resize``, trilinear).
+
+``size_mode`` also says what inference does with a scan of another size (docs/inference.md):
+``"window"`` crops only to give training batches one shape, so at inference a larger scan is
+classified window by window over the whole of it and a smaller one is padded; ``"crop-or-pad"``
+and ``"resize"`` are deliberate choices of the model, applied at inference too and reported
+there.
 
 Presets (see docs/preprocessing.md): ``"ct"``: RAS, 1.5 mm isotropic, window -1000..1000 HU
 to 0..1 (air is 0 = ``background_value``); ``"mri"``: RAS, 1 mm isotropic, foreground z-score,
@@ -44,6 +52,7 @@ if TYPE_CHECKING:
 
 INTENSITY_MODES: tuple[str, ...] = ("ct-window", "zscore-foreground", "none")
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "nearest")
+SIZE_MODES: tuple[str, ...] = ("window", "crop-or-pad", "resize")
 _AXIS_PAIRS = ("LR", "PA", "IS")
 
 
@@ -60,7 +69,11 @@ class PreprocessingSpec:
         window: ``(low, high)`` HU for ``"ct-window"`` (values outside are clipped).
         output_range: what ``window`` maps to for ``"ct-window"``, ``(low, high)``.
         foreground_threshold: for ``"zscore-foreground"``: voxels above it are foreground.
-        spatial_size: crop/pad to this ``(H, W, D)`` (centred); None keeps the resampled size.
+        spatial_size: the network input ``(H, W, D)`` that ``size_mode`` matches scans to; None
+            keeps the resampled size.
+        size_mode: ``"window"`` (centre crop/pad for training batches only; inference windows
+            over the whole scan), ``"crop-or-pad"`` (centre crop/pad, at inference too) or
+            ``"resize"`` (the whole scan resampled to ``spatial_size``, at inference too).
         background_value: the value of "nothing" after the intensity step; padding uses it.
 
     Example:
@@ -77,6 +90,7 @@ class PreprocessingSpec:
     output_range: tuple[float, float] = (0.0, 1.0)
     foreground_threshold: float = 0.0
     spatial_size: tuple[int, int, int] | None = None
+    size_mode: str = "window"
     background_value: float = 0.0
 
     def __post_init__(self) -> None:
@@ -89,6 +103,7 @@ class PreprocessingSpec:
         set_field(self, "output_range", _range("output_range", self.output_range, allow_none=False))
         set_field(self, "foreground_threshold", _finite("foreground_threshold", self.foreground_threshold))
         set_field(self, "spatial_size", _ints3("spatial_size", self.spatial_size))
+        set_field(self, "size_mode", _choice("size_mode", self.size_mode, SIZE_MODES))
         set_field(self, "background_value", _finite("background_value", self.background_value))
         if self.intensity == "ct-window" and self.window is None:
             raise ConfigError("intensity='ct-window' needs window=(low, high) in HU, got window=None")
@@ -169,7 +184,6 @@ def build_transforms(spec: PreprocessingSpec) -> Compose:
         Compose,
         EnsureType,
         Orientation,
-        ResizeWithPadOrCrop,
         ScaleIntensityRange,
         Spacing,
     )
@@ -191,12 +205,27 @@ def build_transforms(spec: PreprocessingSpec) -> Compose:
         )
     elif spec.intensity == "zscore-foreground":
         steps.append(ForegroundZScore(spec.foreground_threshold, spec.background_value))
-    if spec.spatial_size is not None:
-        steps.append(
-            ResizeWithPadOrCrop(spatial_size=spec.spatial_size, mode="constant", value=spec.background_value)
-        )
+    size_step = size_transform(spec)
+    if size_step is not None:
+        steps.append(size_step)
     steps.append(EnsureType(data_type="tensor", dtype=torch.float32, track_meta=True))
     return Compose(steps)
+
+
+def size_transform(spec: PreprocessingSpec) -> Any | None:
+    """The MONAI transform of the size step of ``spec`` (None without ``spatial_size``).
+
+    Example:
+        >>> type(size_transform(PreprocessingSpec(spatial_size=(8, 8, 8), size_mode="resize"))).__name__
+        'Resize'
+    """
+    from monai.transforms import Resize, ResizeWithPadOrCrop
+
+    if spec.spatial_size is None:
+        return None
+    if spec.size_mode == "resize":
+        return Resize(spatial_size=spec.spatial_size, mode="trilinear", anti_aliasing=False)
+    return ResizeWithPadOrCrop(spatial_size=spec.spatial_size, mode="constant", value=spec.background_value)
 
 
 def preprocess(volume: Volume | MetaTensor, spec: PreprocessingSpec) -> MetaTensor:

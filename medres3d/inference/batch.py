@@ -197,6 +197,7 @@ class BatchSummary:
     skipped_files: int = 0
     rank: int = 0
     world_size: int = 1
+    warmup_seconds: float = 0.0  # one-time imports and first forward pass, not in any row's seconds
 
     @property
     def exit_code(self) -> int:
@@ -296,7 +297,8 @@ def run_batch(
         >>> run_batch("model.safetensors", "incoming/", "out.csv", resume=True).exit_code  # doctest: +SKIP
         0
     """
-    from medres3d.inference.classifier import Classifier, resolve_device, validate_timeout
+    from medres3d.inference.classifier import Classifier, resolve_device
+    from medres3d.inference.loader_pool import validate_timeout
 
     scan_timeout = validate_timeout(scan_timeout)  # before the output file is touched
     out = Path(out)
@@ -344,6 +346,7 @@ def run_batch(
                 summary.errors += row["status"] == "error"
                 advance()
     summary.ok_in_output += summary.ok
+    summary.warmup_seconds = clf.warmup_seconds or 0.0
     if world > 1:
         _finish_distributed(out, fmt, columns, found.items, rank, world, resume, summary)
     return summary

@@ -16,24 +16,23 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from medres3d.errors import ConfigError, MedRes3DError
+from medres3d.errors import ConfigError
 from medres3d.inference.evidence import EvidenceMap, evidence_map
+from medres3d.inference.loader_pool import prefetch_prepared, validate_timeout
+from medres3d.inference.prepare import FailedScan, PreparedScan, describe_error, prepare_or_fail, prepare_scan
 from medres3d.inference.sliding_window import AGGREGATIONS, sliding_window_classify
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from medres3d.io.volume import Volume
     from medres3d.transforms import PreprocessingSpec
 
 
@@ -48,10 +47,14 @@ class Prediction:
         seconds: wall time for this scan (loading, preprocessing, inference).
         evidence: the overlap-averaged window probabilities in world space (None on error or when
             evidence was switched off); ``evidence.in_scan_grid()`` puts it on the scan's grid.
-        warnings: anything suspicious met on the way (loader warnings, fallbacks).
+        warnings: anything suspicious met on the way (loader warnings, a crop, pad or resize,
+            fallbacks).
         source: the scan's path, or None for an in-memory scan.
         status: ``"ok"`` or ``"error"``.
         error: on error, the reason (the exception's message, naming the file).
+        meta: how the scan met the network: ``preprocessed_shape`` (after spacing and
+            orientation), ``shape`` (what the windows covered), ``network_input`` and ``size_mode``
+            (see :mod:`medres3d.inference.prepare`).
     """
 
     label: str | None
@@ -63,34 +66,12 @@ class Prediction:
     source: str | None = None
     status: str = "ok"
     error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         """True when the scan was classified."""
         return self.status == "ok"
-
-
-@dataclass
-class PreparedScan:
-    """A scan loaded and preprocessed, ready for the network (what loader workers hand over)."""
-
-    tensor: torch.Tensor
-    affine: np.ndarray
-    scan_shape: tuple[int, ...]
-    scan_affine: np.ndarray
-    warnings: list[str]
-    source: str | None
-    seconds: float
-    volume: Volume | None = None  # the loaded scan, when asked for (not sent between processes)
-
-
-@dataclass
-class FailedScan:
-    """A scan that could not be prepared; carried through the loader as a value, not raised."""
-
-    source: str | None
-    error: str
-    seconds: float
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -159,243 +140,6 @@ def resolve_negative_class(class_names: Sequence[str], negative_class: int | str
             f"got {negative_class!r}"
         )
     return negative_class
-
-
-def _as_volume(scan: Any) -> Volume:
-    from medres3d.io.readers import load_volume
-    from medres3d.io.volume import Volume
-
-    if isinstance(scan, Volume):
-        return scan
-    if isinstance(scan, (str, os.PathLike)):
-        return load_volume(scan)
-    if callable(getattr(scan, "load", None)):  # a DicomSeries found by scan_dicom_tree
-        return scan.load()
-    if isinstance(scan, torch.Tensor):
-        scan = scan.detach().cpu().numpy()
-    if isinstance(scan, np.ndarray):
-        array = scan[None] if scan.ndim == 3 else scan
-        volume = Volume(np.asarray(array, dtype=np.float32), np.eye(4))
-        volume.meta["warnings"].append("array input: assumed 1 mm voxels in RAS order (identity affine)")
-        return volume
-    raise ConfigError(
-        "a scan must be a path, a Volume, a DicomSeries, a numpy array or a torch tensor, "
-        f"got {type(scan).__name__}"
-    )
-
-
-def prepare_scan(
-    scan: Any, preprocessing: PreprocessingSpec | None, *, keep_volume: bool = False
-) -> PreparedScan:
-    """Load ``scan`` and apply ``preprocessing`` (the model file's spec), timing both.
-
-    Without a spec the scan's voxels are used as they are (with a warning). ``keep_volume`` keeps
-    the loaded scan in the result (e.g. to display it under an overlay).
-
-    Example:
-        >>> prepared = prepare_scan("scan.nii.gz", model_file.preprocessing)  # doctest: +SKIP
-        >>> prepared.tensor.shape                                             # doctest: +SKIP
-        torch.Size([1, 128, 128, 64])
-    """
-    start = time.perf_counter()
-    volume = _as_volume(scan)
-    warnings = list(volume.warnings)
-    if preprocessing is None:
-        tensor = torch.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32))
-        affine = volume.affine
-        warnings.append("the model file has no preprocessing spec: the scan's voxels were used as they are")
-    else:
-        from medres3d.transforms import preprocess
-
-        prepared = preprocess(volume, preprocessing)
-        affine = np.asarray(prepared.affine, dtype=np.float64)
-        tensor = prepared.as_tensor().float()
-    source = volume.source if volume.source is not None else (os.fspath(scan) if _is_path(scan) else None)
-    return PreparedScan(
-        tensor=tensor.contiguous(),
-        affine=affine,
-        scan_shape=tuple(volume.array.shape[1:]),
-        scan_affine=volume.affine,
-        warnings=warnings,
-        source=source,
-        seconds=time.perf_counter() - start,
-        volume=volume if keep_volume else None,
-    )
-
-
-def _is_path(scan: Any) -> bool:
-    return isinstance(scan, (str, os.PathLike))
-
-
-def _describe(err: Exception) -> str:
-    # project errors already name the file and the reason; others get their type for context
-    return str(err) if isinstance(err, MedRes3DError) else f"{type(err).__name__}: {err}"
-
-
-def _prepare_or_fail(scan: Any, preprocessing: PreprocessingSpec | None) -> PreparedScan | FailedScan:
-    """Prepare one scan; a failure is returned as a value so that a stream of scans goes on."""
-    start = time.perf_counter()
-    try:
-        return prepare_scan(scan, preprocessing)
-    except Exception as err:  # a per-scan failure must not stop a batch of thousands
-        source = os.fspath(scan) if _is_path(scan) else None
-        return FailedScan(source, _describe(err), time.perf_counter() - start)
-
-
-_WORKER_DIED = (
-    "the loader process died while preparing this scan (killed by a signal: out of memory, or a "
-    "crashing decoder?)"
-)
-
-
-def validate_timeout(timeout: float | None) -> float | None:
-    """A per-scan loading timeout in seconds, or None when there is none (``None`` or ``0``).
-
-    Example:
-        >>> validate_timeout(2), validate_timeout(0), validate_timeout(None)
-        (2.0, None, None)
-    """
-    if timeout is None:
-        return None
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not (math.isfinite(timeout) and timeout >= 0)
-    ):
-        raise ConfigError(
-            f"timeout must be a number of seconds >= 0 (0 or None: no timeout), got {timeout!r}"
-        )
-    return float(timeout) or None
-
-
-def _timed_out(scan: Any, timeout: float, seconds: float) -> FailedScan:
-    source = os.fspath(scan) if _is_path(scan) else None
-    name = source or str(getattr(scan, "folder", None) or "scan")  # a DicomSeries names its folder
-    return FailedScan(
-        source,
-        f"{name}: timed out after {timeout:g} s while loading and preprocessing (the loader process "
-        "was killed; a file that blocks on read, such as a FIFO, or a decoder that does not finish)",
-        seconds,
-    )
-
-
-def _loader_pool(workers: int) -> Any:
-    from concurrent.futures import ProcessPoolExecutor
-
-    return ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),))
-
-
-def _stop(pool: Any) -> None:
-    """Kill the pool's worker processes and reap them: none outlives its pool.
-
-    A worker may be blocked for good (a FIFO, a looping decoder), and what is still in flight is
-    no longer wanted, so the workers are killed rather than asked to finish.
-    """
-    # ProcessPoolExecutor has no public way to kill its workers before Python 3.14
-    processes = list((pool._processes or {}).values())
-    for process in processes:
-        process.kill()
-    pool.shutdown(wait=True, cancel_futures=True)
-    for process in processes:
-        process.join()
-
-
-def _die_with_parent(parent: int) -> None:
-    """Loader worker initializer: exit when the parent process dies, even by SIGKILL.
-
-    ProcessPoolExecutor workers would otherwise wait for work forever after a killed batch.
-    """
-    import sys
-    import threading
-
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us with the parent
-    if os.getppid() != parent:  # the parent was already gone
-        os._exit(1)
-
-    def watch() -> None:  # portable fallback
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _isolated(
-    scan: Any, preprocessing: PreprocessingSpec | None, timeout: float | None
-) -> PreparedScan | FailedScan:
-    """Prepare one scan alone in a fresh process: tells whether this scan is what kills loaders."""
-    from concurrent.futures.process import BrokenProcessPool
-
-    pool = _loader_pool(1)
-    start = time.perf_counter()
-    try:
-        return pool.submit(_prepare_or_fail, scan, preprocessing).result(timeout=timeout)
-    except BrokenProcessPool:
-        return FailedScan(os.fspath(scan) if _is_path(scan) else None, _WORKER_DIED, 0.0)
-    except TimeoutError:
-        return _timed_out(scan, timeout or 0.0, time.perf_counter() - start)
-    finally:
-        _stop(pool)
-
-
-def prefetch_prepared(
-    scans: Sequence[Any],
-    preprocessing: PreprocessingSpec | None,
-    *,
-    workers: int,
-    prefetch: int = 2,
-    timeout: float | None = None,
-) -> Iterator[PreparedScan | FailedScan]:
-    """Prepare ``scans`` in ``workers`` processes, at most ``workers * prefetch`` ahead, in order.
-
-    A worker process that dies (OOM killer, a segfaulting decoder) breaks the pool: the scan at the
-    head of the queue is then retried alone in a fresh process; if that process dies too, the scan
-    becomes a FailedScan, else it was innocent. The pool is rebuilt for the rest, so one deadly scan
-    costs one error, not the stream.
-
-    ``timeout`` (seconds; None or 0: none) bounds how long the scan at the head of the queue may
-    take once everything before it is done. Scans are prepared in order, so by then it has been
-    running for at least that long: it is the one that hangs. Its workers are killed, it becomes a
-    FailedScan saying so, and a fresh pool prepares the scans after it (those in flight start over).
-
-    Example:
-        >>> items = list(prefetch_prepared(["a.nii.gz", "b.nii.gz"], None, workers=2))  # doctest: +SKIP
-    """
-    from collections import deque
-    from concurrent.futures.process import BrokenProcessPool
-
-    timeout = validate_timeout(timeout)
-    position = 0
-    while position < len(scans):
-        pool = _loader_pool(workers)
-        pending: deque[Any] = deque()
-        submitted = position
-        try:
-            while position < len(scans):
-                while submitted < len(scans) and len(pending) < workers * prefetch:
-                    pending.append(pool.submit(_prepare_or_fail, scans[submitted], preprocessing))
-                    submitted += 1
-                start = time.perf_counter()
-                try:
-                    item = pending.popleft().result(timeout=timeout)
-                except TimeoutError:
-                    _stop(pool)
-                    position += 1
-                    yield _timed_out(scans[position - 1], timeout or 0.0, time.perf_counter() - start)
-                    break  # a fresh pool for the scans after it
-                position += 1
-                yield item
-        except BrokenProcessPool:
-            _stop(pool)
-            item = _isolated(scans[position], preprocessing, timeout)
-            position += 1
-            yield item
-        finally:
-            _stop(pool)
 
 
 class Classifier:
@@ -475,6 +219,7 @@ class Classifier:
         self.evidence = evidence
         self.evidence_cell_size = evidence_cell_size
         self.source = source
+        self.warmup_seconds: float | None = None
 
     @classmethod
     def load(
@@ -513,10 +258,35 @@ class Classifier:
         """Padding value after preprocessing (the spec's background), 0 without a spec."""
         return float(getattr(self.preprocessing, "background_value", 0.0) or 0.0)
 
+    def warm_up(self) -> float:
+        """Pay the one-time costs (imports, the first forward pass) now; returns their seconds.
+
+        Called by :meth:`predict` and :meth:`predict_many` before their first scan, so that a scan's
+        ``seconds`` is its own; later calls return at once. ``warmup_seconds`` keeps the time.
+
+        Example:
+            >>> clf.warm_up()   # doctest: +SKIP
+            1.84
+        """
+        if self.warmup_seconds is not None:
+            return self.warmup_seconds
+        start = time.perf_counter()
+        import medres3d.transforms  # noqa: F401  (MONAI's transforms: the largest import of a scan)
+
+        size = tuple(getattr(self.net, "spatial_size", ()) or ())
+        channels = int(getattr(self.net, "in_channels", 1) or 1)
+        if size:
+            sliding_window_classify(torch.zeros(channels, *size), self.net, device=self.device,
+                                    **{**self.options, "batch_size": 1, "negative_class": 0})
+        self.warmup_seconds = time.perf_counter() - start
+        return self.warmup_seconds
+
     def predict(self, scan: Any) -> Prediction:
         """Classify one scan: a path (NIfTI, DICOM folder...), a Volume, or an array/tensor.
 
         An array is taken as (H, W, D) or (C, H, W, D) with 1 mm voxels and an identity affine.
+        A scan larger than the network input (after the model's spacing and orientation) is
+        classified window by window, a smaller one padded (see docs/inference.md).
 
         Raises:
             VolumeLoadError (and subclasses): the scan could not be loaded.
@@ -525,10 +295,11 @@ class Classifier:
             >>> clf.predict("scan.nii.gz").label   # doctest: +SKIP
             'lesion'
         """
+        self.warm_up()
         return self.predict_prepared(prepare_scan(scan, self.preprocessing))
 
     def predict_prepared(self, prepared: PreparedScan) -> Prediction:
-        """Classify an already prepared scan (see :func:`prepare_scan`)."""
+        """Classify an already prepared scan (see :func:`~medres3d.inference.prepare.prepare_scan`)."""
         start = time.perf_counter()
         result = sliding_window_classify(
             prepared.tensor,
@@ -547,14 +318,23 @@ class Classifier:
         probabilities = {
             name: float(p) for name, p in zip(self.class_names, result.probabilities, strict=True)
         }
+        window = [int(s) for s in result.grid.window_size]
+        shape = [int(s) for s in result.grid.image_size]
+        warnings = [*prepared.warnings, *result.warnings]
+        if result.grid.needs_padding and any(s < w for s, w in zip(shape, window, strict=True)):
+            warnings.append(
+                f"preprocessed scan {'x'.join(map(str, shape))} is smaller than the network input "
+                f"{'x'.join(map(str, window))}: padded with the background value {self.background_value:g}"
+            )
         return Prediction(
             label=self.class_names[result.label_index],
             probabilities=probabilities,
             num_windows=result.num_windows,
             seconds=prepared.seconds + time.perf_counter() - start,
             evidence=evidence,
-            warnings=[*prepared.warnings, *result.warnings],
+            warnings=warnings,
             source=prepared.source,
+            meta={**prepared.meta, "shape": shape, "network_input": window},
         )
 
     def predict_many(
@@ -564,8 +344,10 @@ class Classifier:
 
         With ``workers > 0``, that many processes load and preprocess upcoming scans (up to
         ``prefetch`` each in advance) while this process runs the network (see
-        :func:`prefetch_prepared`). A scan that fails to load or classify, or whose loader process
-        dies, yields a Prediction with ``status="error"`` and the reason in ``error``.
+        :mod:`~medres3d.inference.loader_pool`: they are started from a fork server, never forked
+        from this process, so they are safe whatever ran here before). A scan that fails to load
+        or classify, or whose loader process dies, yields a Prediction with ``status="error"`` and
+        the reason in ``error``.
 
         ``timeout`` (seconds; None or 0, the default: none) limits the loading and preprocessing
         of one scan in a worker: past it the workers are killed, the scan is an error ("timed out
@@ -584,12 +366,13 @@ class Classifier:
         scans = list(scans)
         if workers == 0:
             items: Iterable[PreparedScan | FailedScan] = (
-                _prepare_or_fail(s, self.preprocessing) for s in scans
+                prepare_or_fail(s, self.preprocessing) for s in scans
             )
         else:
             items = prefetch_prepared(
                 scans, self.preprocessing, workers=workers, prefetch=prefetch, timeout=timeout
             )
+        self.warm_up()
         for item in items:
             yield self._predict_item(item)
 
@@ -599,7 +382,7 @@ class Classifier:
         try:
             return self.predict_prepared(item)
         except Exception as err:  # one scan's failure becomes its result; the stream goes on
-            return _failure(item.source, _describe(err), item.seconds)
+            return _failure(item.source, describe_error(err), item.seconds)
 
 
 def _failure(source: str | None, error: str, seconds: float) -> Prediction:

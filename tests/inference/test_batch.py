@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_helpers import all_descendants
 
 from medres3d.errors import ConfigError, OutputWriteError
 from medres3d.inference.batch import discover, run_batch
@@ -176,13 +177,6 @@ def many_scans(tree, tmp_path_factory):
     return root
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(child) for child in (task / "children").read_text().split()]
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -211,7 +205,7 @@ def test_sigkill_then_resume_gives_every_series_exactly_once(model_file, many_sc
     workers = []
     while time.monotonic() < deadline and process.poll() is None:
         if out.exists() and out.read_bytes().count(b"\n") >= 3:  # header + 2 rows
-            workers = _children(process.pid)
+            workers = all_descendants(process.pid)  # the fork server and its workers
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.01)

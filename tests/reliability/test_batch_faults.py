@@ -19,6 +19,7 @@ import corpus as c
 import numpy as np
 import pytest
 import torch
+from process_helpers import loader_workers
 
 from medres3d.errors import OutputWriteError
 from medres3d.inference.batch import run_batch
@@ -222,14 +223,6 @@ def _wait(pid: int, seconds: float) -> int | None:
     return None
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found.extend(int(p) for p in text)
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_dying_loader_worker_costs_one_row_not_the_batch(
@@ -240,7 +233,7 @@ def test_a_dying_loader_worker_costs_one_row_not_the_batch(
     deadline = time.monotonic() + 90
     killed = None
     while time.monotonic() < deadline and killed is None:
-        workers = _children(pid) if _lines(out) >= 3 else []
+        workers = loader_workers(pid) if _lines(out) >= 3 else []
         if workers:
             killed = workers[0]
             os.kill(killed, signal.SIGKILL)  # what a segfaulting decoder looks like from outside
