@@ -170,6 +170,18 @@ _NEGATIVE_CLASS_HELP = ("negative class of --aggregate any, by name or index; de
                         "normal/negative/background/healthy, else class 0")
 
 
+def _display_names(scans: list[Path]) -> list[str]:
+    """What tells the scans apart: their paths below the folder they share (a file's name if alone)."""
+    if len(scans) == 1:
+        return [scans[0].name or str(scans[0])]
+    resolved = [scan.resolve() for scan in scans]
+    try:
+        common = Path(os.path.commonpath([p.parent for p in resolved]))
+    except ValueError:  # paths on different drives
+        return [str(scan) for scan in scans]
+    return [p.relative_to(common).as_posix() for p in resolved]
+
+
 @app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="model file (.safetensors)")],
@@ -207,10 +219,15 @@ def predict(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"medres3d predict ({model.name}, {clf.device})")
-        for column in ("scan", "label", *clf.class_names, "windows", "seconds"):
-            table.add_column(column, justify="left" if column in ("scan", "label") else "right")
-        for scan, p in zip(scans, predictions, strict=True):
+        names = _display_names(scans)
+        table = Table(title=f"medres3d predict ({model.name}, {clf.device})",
+                      caption=f"warm-up {clf.warmup_seconds or 0.0:.2f} s (imports, first forward pass), "
+                              "not in any scan's seconds")
+        # the scan column folds instead of cutting: the distinguishing end of a name stays visible
+        table.add_column("scan", overflow="fold")
+        for column in ("label", *clf.class_names, "windows", "seconds"):
+            table.add_column(column, justify="left" if column == "label" else "right")
+        for scan, p in zip(names, predictions, strict=True):
             if p.ok:
                 probabilities = [f"{p.probabilities[name]:.3f}" for name in clf.class_names]
                 table.add_row(str(scan), p.label, *probabilities, str(p.num_windows), f"{p.seconds:.2f}")
@@ -219,7 +236,7 @@ def predict(
                 table.add_row(str(scan), "[red]error[/red]", *blanks, f"{p.seconds:.2f}")
         console = Console()
         console.print(table)
-        for scan, p in zip(scans, predictions, strict=True):
+        for scan, p in zip(names, predictions, strict=True):
             if not p.ok:
                 console.print(f"[red]error[/red] {scan}: {p.error}", markup=True, highlight=False)
             for warning in p.warnings:

@@ -271,7 +271,9 @@ class Classifier:
         if self.warmup_seconds is not None:
             return self.warmup_seconds
         start = time.perf_counter()
-        import medres3d.transforms  # noqa: F401  (MONAI's transforms: the largest import of a scan)
+        import monai.transforms  # noqa: F401  (the largest imports of loading and preprocessing a scan)
+
+        import medres3d.io.readers  # noqa: F401
 
         size = tuple(getattr(self.net, "spatial_size", ()) or ())
         channels = int(getattr(self.net, "in_channels", 1) or 1)

@@ -181,7 +181,7 @@ def _choose(where: Path, scan: DicomScan, series_uid: str | None) -> DicomSeries
                 + "; ".join(s.summary() for s in scan.series),
             )
         skipped = f"; {_skip_summary(scan.skipped)}" if scan.skipped else " (no files)"
-        raise NotAnImageError(where, f"no DICOM image series found{skipped}")
+        raise NotAnImageError(where, f"no DICOM image series found{skipped}{_other_images_hint(where, scan)}")
     if len(images) > 1:
         raise MultipleSeriesError(
             where,
@@ -190,6 +190,19 @@ def _choose(where: Path, scan: DicomScan, series_uid: str | None) -> DicomSeries
             images,
         )
     return images[0]
+
+
+def _other_images_hint(where: Path, scan: DicomScan) -> str:
+    """What to do with a folder of NIfTI/ITK files, which is not a series: pass them, or run a batch."""
+    from medres3d.io.itk import is_itk_path
+    from medres3d.io.nifti import is_nifti_path
+
+    images = sorted(s.path for s in scan.skipped if is_nifti_path(s.path) or is_itk_path(s.path))
+    if not images:
+        return ""
+    return (f". The folder holds {len(images)} NIfTI/ITK image file(s) (e.g. {images[0].name}), each a scan "
+            f"of its own: pass the files themselves, or classify them all with `medres3d batch MODEL {where} "
+            "--out results.csv`")
 
 
 def _skip_summary(skipped: Sequence[SkippedFile]) -> str:

@@ -63,3 +63,26 @@ class DeadlyScan:
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class HangsOnFirstLoad:
+    """A scan whose first load hangs and whose later loads work: a loader process gone bad, not a file.
+
+    ``marker`` (a path that does not exist yet) records that the first attempt was made.
+    """
+
+    def __init__(self, path, marker) -> None:
+        self.path = path
+        self.marker = marker
+
+    def load(self):
+        import time
+        from pathlib import Path
+
+        from medres3d.io.readers import load_volume
+
+        if not Path(self.marker).exists():
+            Path(self.marker).touch()
+            while True:
+                time.sleep(60)
+        return load_volume(self.path)

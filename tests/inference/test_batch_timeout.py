@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from inference_helpers import HangingScan
+from inference_helpers import HangingScan, HangsOnFirstLoad
 from process_helpers import loader_workers
 
 from medres3d.errors import ConfigError
@@ -90,3 +90,24 @@ def test_an_invalid_timeout_is_refused_before_the_output_is_touched(bad, model_f
 def test_zero_or_none_means_no_timeout():
     assert validate_timeout(0) is None and validate_timeout(None) is None
     assert validate_timeout(2) == 2.0 and validate_timeout(0.5) == 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_scans_lost_in_a_row_are_blamed_on_the_pool_and_the_rest_load_in_this_process(model_file, tmp_path):
+    paths = []
+    for n in range(5):
+        paths.append(write_nifti(ct_phantom((16, 16, 8), seed=n), make_affine(), tmp_path / f"s{n}.nii.gz"))
+    flaky = [HangsOnFirstLoad(paths[n], tmp_path / f"tried{n}") for n in range(3)]
+    clf = Classifier.load(model_file, device="cpu", evidence=False)
+    # one worker, one scan in flight: each flaky scan hangs once, in its own pool
+    results = list(clf.predict_many([*flaky, *paths[3:]], workers=1, prefetch=1, timeout=1.0))
+    assert [r.status for r in results] == ["error", "error", "ok", "ok", "ok"]
+    assert "timed out after 1 s" in results[0].error and "in a row" not in results[0].error
+    assert "2 scans in a row failed this way: the loader processes, not the files" in results[1].error
+    # the third is retried alone, loads, and so the pool is to blame: the rest load here
+    for result in results[3:]:
+        assert any("loaded in the main process: the loader processes failed 3 scans in a row" in w
+                   for w in result.warnings)  # fmt: skip
+    expected = clf.predict(paths[3]).probabilities
+    assert results[3].probabilities == pytest.approx(expected, abs=1e-6)
