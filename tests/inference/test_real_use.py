@@ -155,9 +155,9 @@ def test_cli_batch_in_a_fresh_process_with_default_options(trained_model, real_s
 def test_torchrun_two_ranks_with_default_options(trained_model, real_size_tree, tmp_path):
     out = tmp_path / "results.csv"
     torchrun = Path(sys.executable).with_name("torchrun")
-    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "medres3d.cli", "batch",
-                           str(trained_model), str(real_size_tree), "--out", str(out)],
-                          capture_output=True, timeout=BOUND_S)  # fmt: skip
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "medres3d.cli", "batch"]
+    command += [str(trained_model), str(real_size_tree), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, timeout=BOUND_S)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     rows = read_results(out)
     assert [row["status"] for row in rows] == ["ok"] * (NUM_NIFTI + NUM_DICOM)

@@ -58,7 +58,8 @@ def test_a_smaller_scan_is_padded_and_says_so(tmp_path):
     clf = Classifier.load(_model(tmp_path), device="cpu", evidence=False)
     prediction = clf.predict(_scan()[:10])
     assert prediction.num_windows == 1
-    assert any("10x16x16 is smaller than the network input 16x16x16: padded" in w for w in prediction.warnings)
+    padded = "10x16x16 is smaller than the network input 16x16x16: padded"
+    assert any(padded in w for w in prediction.warnings)
 
 
 def test_a_deliberate_centre_crop_is_applied_and_reported(tmp_path):
