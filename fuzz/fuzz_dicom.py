@@ -24,7 +24,8 @@ import atheris
 with atheris.instrument_imports(include=["medres3d", "pydicom"]):
     from medres3d.errors import MedRes3DError
     from medres3d.io.dicom import load_dicom_file, load_dicom_series
-    from medres3d.io.dicom_header import FileHeader, SkippedFile, read_header
+    from medres3d.io.dicom.header import read_header
+    from medres3d.io.dicom.types import FileHeader, SkippedFile
 
 MAX_VOXELS = 2**24
 # pydicom warns and logs about every malformed value; at thousands of inputs a second that is noise

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 from medres3d._lazy import lazy_exports
+from medres3d._moved import install as _install_moved_paths
 
 __version__ = "0.1.0"
 
@@ -39,9 +40,9 @@ _EXPORTS: dict[str, str] = {
     "load_model": "medres3d.modelfile",
     "read_model": "medres3d.modelfile",
     "ModelFile": "medres3d.modelfile",
-    "Trainer": "medres3d.training",
-    "TrainConfig": "medres3d.config",
-    "load_config": "medres3d.config",
+    "Trainer": "medres3d.training.trainer",
+    "TrainConfig": "medres3d.training.config",
+    "load_config": "medres3d.training.config",
     "sliding_window_classify": "medres3d.inference.sliding_window",
     "Classifier": "medres3d.inference.classifier",
     "Prediction": "medres3d.inference.classifier",
@@ -51,3 +52,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+_install_moved_paths()  # old module paths of the 0.1 layout still import, with a DeprecationWarning

@@ -1,7 +1,7 @@
 """Atomic file writes: a file appears complete or not at all, never half-written.
 
 Used by the model file (:mod:`medres3d.modelfile`) and the training checkpoint
-(:mod:`medres3d.checkpoint`), so a crash mid-write leaves the previous file in place.
+(:mod:`medres3d.training.checkpoint`), so a crash mid-write leaves the previous file in place.
 """
 
 from __future__ import annotations

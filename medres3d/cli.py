@@ -40,9 +40,9 @@ def train(
 
     Example: torchrun --nproc_per_node 4 -m medres3d.cli train sample_configs/ct_resnet18_hu_window.yaml
     """
-    from medres3d.config import load_config
     from medres3d.errors import MedRes3DError
     from medres3d.training import Trainer
+    from medres3d.training.config import load_config
 
     try:
         train_config = load_config(config)
@@ -50,7 +50,9 @@ def train(
     except MedRes3DError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
-    if os.environ.get("RANK", "0") != "0":
+    from medres3d.runtime import process_place
+
+    if process_place().rank != 0:
         return
 
     def shown(metrics: dict) -> str:
@@ -125,7 +127,7 @@ def summary(
     num_classes = classes
     try:
         if config is not None:
-            from medres3d.config import load_config
+            from medres3d.training.config import load_config
 
             train_config = load_config(config)
             options.update(train_config.model.builder_options())
@@ -342,9 +344,9 @@ def explain(
     Example: medres3d explain model.safetensors scan.nii.gz --out heatmap.nii.gz --png heatmap.png
     """
     from medres3d.errors import MedRes3DError
-    from medres3d.explain import explain as grad_cam
-    from medres3d.explain import save_overlay_png
     from medres3d.inference.classifier import Classifier
+    from medres3d.inference.gradcam import explain as grad_cam
+    from medres3d.inference.gradcam import save_overlay_png
 
     try:
         clf = Classifier.load(model, device=device, evidence=False)

@@ -255,8 +255,8 @@ def _train_config(out: Path, manifest: Path, settings: DemoSettings, seed: int) 
 def _train(out: Path, manifest: Path, settings: DemoSettings, seed: int, report: DemoReport) -> Path:
     import yaml
 
-    from medres3d.config import TrainConfig
     from medres3d.training import Trainer
+    from medres3d.training.config import TrainConfig
 
     raw = _train_config(out, manifest, settings, seed)
     config_path = out / "train_config.yaml"
@@ -270,8 +270,8 @@ def _train(out: Path, manifest: Path, settings: DemoSettings, seed: int, report:
 
 def _evaluate(manifest: Path, model_path: Path, report: DemoReport) -> None:
     from medres3d.inference.classifier import Classifier
-    from medres3d.metrics import classification_metrics, confusion_matrix
-    from medres3d.plots import plot_confusion_matrix
+    from medres3d.training.metrics import classification_metrics, confusion_matrix
+    from medres3d.training.plots import plot_confusion_matrix
 
     with manifest.open(newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r["split"] == "test"]
@@ -297,8 +297,8 @@ def _classify_large(
 ) -> None:
     import nibabel as nib
 
-    from medres3d.explain import explain, save_overlay_png
     from medres3d.inference.classifier import Classifier
+    from medres3d.inference.gradcam import explain, save_overlay_png
 
     # The network learned windows labelled lesion/normal: a scan holds a lesion if any window does.
     classifier = Classifier.load(

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from medres3d.io.dicom_scan import DicomSeries
+    from medres3d.io.dicom.series import DicomSeries
 
 
 class MedRes3DError(Exception):
@@ -86,6 +86,14 @@ class ModelFileError(FileError):
 
 class ManifestError(FileError):
     """A training manifest row is invalid; the reason names the row number."""
+
+
+class DeviceError(MedRes3DError, RuntimeError):
+    """A device that was asked for is not there (no CUDA, or fewer GPUs than the index)."""
+
+
+class NetworkOutputError(MedRes3DError, RuntimeError):
+    """A network returned something other than ``(N, K)`` logits for a batch of N windows."""
 
 
 class NormalizationNotFittedError(MedRes3DError):

@@ -210,20 +210,6 @@ class BatchSummary:
         return 0 if self.ok_in_output > 0 else 1
 
 
-def _distributed_context() -> tuple[int, int, int]:
-    def env(name: str, default: int) -> int:
-        value = os.environ.get(name, str(default))
-        try:
-            return int(value)
-        except ValueError as err:
-            raise ConfigError(f"environment variable {name} must be an integer, got {value!r}") from err
-
-    rank, world, local = env("RANK", 0), env("WORLD_SIZE", 1), env("LOCAL_RANK", 0)
-    if world < 1 or not 0 <= rank < world:
-        raise ConfigError(f"RANK={rank} and WORLD_SIZE={world} are inconsistent")
-    return rank, world, local
-
-
 def part_path(out: Path, rank: int, world: int) -> Path:
     """The part file rank ``rank`` of ``world`` writes beside ``out``.
 
@@ -297,18 +283,21 @@ def run_batch(
         >>> run_batch("model.safetensors", "incoming/", "out.csv", resume=True).exit_code  # doctest: +SKIP
         0
     """
-    from medres3d.inference.classifier import Classifier, resolve_device
+    from medres3d.inference.classifier import Classifier
     from medres3d.inference.loader_pool import validate_timeout
+    from medres3d.runtime import join_process_group, process_place, resolve_device
 
     scan_timeout = validate_timeout(scan_timeout)  # before the output file is touched
     out = Path(out)
     fmt = format_for(out, fmt)
-    rank, world, local_rank = _distributed_context()
+    place = process_place()
+    rank, world = place.rank, place.world_size
     target = resolve_device(device)
-    if world > 1 and target.type == "cuda":
-        target = resolve_device(f"cuda:{local_rank}")
-    if world > 1:
-        _join_process_group()
+    if place.distributed and target.type == "cuda":
+        target = resolve_device(f"cuda:{place.local_rank}")
+    if place.distributed:
+        # gloo on the CPU for the barrier whatever the device; a batch may run for many hours
+        join_process_group("gloo", timedelta(hours=48))
     clf = Classifier.load(model, device=target, evidence=False, **(classifier_options or {}))
     found = discover(
         root,
@@ -350,14 +339,6 @@ def run_batch(
     if world > 1:
         _finish_distributed(out, fmt, columns, found.items, rank, world, resume, summary)
     return summary
-
-
-def _join_process_group() -> None:
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        # gloo on the CPU for the barrier whatever the device; a batch may run for many hours
-        dist.init_process_group("gloo", timeout=timedelta(hours=48))
 
 
 def _finish_distributed(

@@ -29,6 +29,7 @@ from medres3d.inference.evidence import EvidenceMap, evidence_map
 from medres3d.inference.loader_pool import prefetch_prepared, validate_timeout
 from medres3d.inference.prepare import FailedScan, PreparedScan, describe_error, prepare_or_fail, prepare_scan
 from medres3d.inference.sliding_window import AGGREGATIONS, sliding_window_classify
+from medres3d.runtime import resolve_device
 
 if TYPE_CHECKING:
     from torch import nn
@@ -72,33 +73,6 @@ class Prediction:
     def ok(self) -> bool:
         """True when the scan was classified."""
         return self.status == "ok"
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> the first CUDA device if there is one, else the CPU; validates ``"cuda:k"``.
-
-    Example:
-        >>> resolve_device("cpu")
-        device(type='cpu')
-    """
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:K', got {device!r}") from err
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"device {device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'"
-            )
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible"
-            )
-    elif resolved.type != "cpu":
-        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:K', got {device!r}")
-    return resolved
 
 
 NEGATIVE_CLASS_NAMES = ("normal", "negative", "background", "healthy")

@@ -112,7 +112,7 @@ class EvidenceMap:
 def save_map(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str], what: str) -> Path:
     """Write a map (X, Y, Z) or (X, Y, Z, K) as float32 NIfTI, ``affine`` in the sform and qform.
 
-    Shared by evidence maps and Grad-CAM heatmaps (:mod:`medres3d.explain`); parent folders are
+    Shared by evidence maps and Grad-CAM heatmaps (:mod:`medres3d.inference.gradcam`); parent folders are
     created.
 
     Raises:

@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -25,8 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from medres3d.errors import ConfigError
+from medres3d.errors import ConfigError, NetworkOutputError
 from medres3d.inference.windows import WindowGrid, clip_box
+from medres3d.runtime import autocast, resolve_device
 
 AGGREGATIONS = ("mean", "max", "logit-mean", "any")
 
@@ -150,27 +150,6 @@ def _any_window(probabilities: torch.Tensor, negative_class: int) -> torch.Tenso
     combined = (1.0 - p_negative) * shares
     combined[negative_class] = p_negative
     return combined
-
-
-def _autocast_dtype(amp: bool | str | None, device: torch.device) -> torch.dtype | None:
-    """Resolve the ``amp`` argument: None means on (bf16, else fp16) on CUDA and off on the CPU."""
-    names = {
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-    }
-    if amp is None:
-        amp = device.type == "cuda"
-    if amp is False or amp == "none":
-        return None
-    if amp is True:
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
-    if isinstance(amp, str) and amp in names:
-        return names[amp]
-    raise ConfigError(f"amp must be None, True, False, 'none', 'bf16' or 'fp16', got {amp!r}")
 
 
 def _network_device(net: nn.Module) -> torch.device:
@@ -299,9 +278,7 @@ def sliding_window_classify(
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if aggregate not in AGGREGATIONS:
         raise ConfigError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
-    target = torch.device(device) if device is not None else _network_device(net)
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {str(target)!r} was asked for but CUDA is not available; use 'cpu'")
+    target = resolve_device(device) if device is not None else _network_device(net)
     if _network_device(net) != target:
         net.to(target)
     if not tensor.is_floating_point():
@@ -310,10 +287,7 @@ def sliding_window_classify(
         tensor = tensor.to(target)
     grid = WindowGrid.create(tuple(tensor.shape[1:]), window, overlap)
     batch_size = min(batch_size, grid.num_windows)
-    dtype = _autocast_dtype(amp, target)
-    autocast = contextlib.nullcontext()
-    if dtype is not None:
-        autocast = torch.autocast(device_type=target.type, dtype=dtype)
+    precision = autocast(amp, target)
     memory_format = torch.channels_last_3d if channels_last and len(window) == 3 else None
 
     was_training = net.training
@@ -321,7 +295,7 @@ def sliding_window_classify(
     logits_parts: list[torch.Tensor] = []
     weight_parts: list[torch.Tensor] = []
     try:
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), precision:
             for batch in _window_batches(tensor, grid, batch_size, background_value, target):
                 if weight_by_foreground:
                     weight_parts.append((batch != background_value).flatten(1).float().mean(dim=1))
@@ -329,7 +303,7 @@ def sliding_window_classify(
                     batch = batch.contiguous(memory_format=memory_format)
                 logits = net(batch)
                 if logits.ndim != 2 or logits.shape[0] != batch.shape[0]:
-                    raise ConfigError(
+                    raise NetworkOutputError(
                         f"the network must return (N, K) logits, got shape {tuple(logits.shape)} "
                         f"for a batch of {batch.shape[0]}"
                     )

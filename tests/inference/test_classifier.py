@@ -7,12 +7,13 @@ import pytest
 import torch
 from inference_helpers import CLASS_NAMES, DeadlyScan, make_model_file
 
-from medres3d.errors import ConfigError, NormalizationNotFittedError
-from medres3d.inference.classifier import Classifier, resolve_device, resolve_negative_class
+from medres3d.errors import ConfigError, DeviceError, NormalizationNotFittedError
+from medres3d.inference.classifier import Classifier, resolve_negative_class
 from medres3d.inference.sliding_window import sliding_window_classify
 from medres3d.io.readers import load_volume
 from medres3d.modelfile import read_model
 from medres3d.models.resnet3d import resnet3d
+from medres3d.runtime import resolve_device
 from medres3d.synthetic import ct_phantom, make_affine, write_nifti
 
 
@@ -98,7 +99,7 @@ def test_device_validation():
     with pytest.raises(ConfigError, match="'tpu'"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="CUDA is not available"):
+        with pytest.raises(DeviceError, match="CUDA is not available"):
             resolve_device("cuda:0")
 
 

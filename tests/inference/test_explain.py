@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from medres3d.cli import app
-from medres3d.explain import explain, orthogonal_views, save_overlay_png, target_layer
 from medres3d.inference.classifier import Classifier
+from medres3d.inference.gradcam import explain, orthogonal_views, save_overlay_png, target_layer
 from medres3d.io.readers import load_volume
 from medres3d.synthetic import ct_phantom, make_affine, write_nifti
 

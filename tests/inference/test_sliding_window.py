@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 
-from medres3d.errors import ConfigError
+from medres3d.errors import ConfigError, DeviceError
 from medres3d.inference.sliding_window import aggregate_windows, sliding_window_classify
 from medres3d.inference.windows import WindowGrid, window_starts
 
@@ -190,7 +190,7 @@ def test_autocast_and_channels_last_agree_with_float32(tiny_net):
     torch.testing.assert_close(bf16.window_logits, reference.window_logits, atol=0.05, rtol=0.05)
     torch.testing.assert_close(channels_last.probabilities, reference.probabilities, atol=1e-6, rtol=1e-5)
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="CUDA is not available"):
+        with pytest.raises(DeviceError, match="CUDA is not available"):
             sliding_window_classify(volume, tiny_net, device="cuda")
 
 

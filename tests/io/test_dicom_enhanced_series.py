@@ -7,7 +7,7 @@ from dicom_helpers import assert_same_world
 
 from medres3d.errors import SeriesGeometryError
 from medres3d.io.dicom import load_dicom_file, load_dicom_series
-from medres3d.io.dicom_scan import scan_dicom_tree
+from medres3d.io.dicom.scan import scan_dicom_tree
 from medres3d.synthetic import ct_phantom, make_affine, write_enhanced_dicom, write_nifti
 
 SHAPE = (12, 10, 9)

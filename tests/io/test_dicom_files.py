@@ -11,8 +11,8 @@ from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELo
 
 from medres3d.errors import CorruptFileError, NotAnImageError, SeriesGeometryError, UnsupportedFormatError
 from medres3d.io.dicom import load_dicom_file, load_dicom_series
-from medres3d.io.dicom_header import read_header
-from medres3d.io.dicom_pixels import read_frames
+from medres3d.io.dicom.header import read_header
+from medres3d.io.dicom.pixels import read_frames
 from medres3d.synthetic import (
     ct_phantom,
     make_affine,

@@ -1,4 +1,4 @@
-"""Slice planning (medres3d.io.dicom_geometry) against hand-computed geometry."""
+"""Slice planning (medres3d.io.dicom.geometry) against hand-computed geometry."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medres3d.errors import SeriesGeometryError
-from medres3d.io.dicom_geometry import plan_stack
+from medres3d.io.dicom.geometry import plan_stack
 
 AXIAL = (1, 0, 0, 0, 1, 0)
 

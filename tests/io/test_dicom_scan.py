@@ -200,8 +200,8 @@ def test_fast_header_parser_agrees_with_pydicom(tmp_path):
     from pydicom.data import get_testdata_file
     from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless
 
-    from medres3d.io.dicom_header import read_header
-    from medres3d.io.dicom_rawheader import parse_header, tag_table
+    from medres3d.io.dicom.header import read_header
+    from medres3d.io.dicom.rawheader import parse_header, tag_table
 
     shipped = sorted(Path(get_testdata_file("CT_small.dcm")).parent.glob("*.dcm"))
     write_dicom_series(_volume(9), make_affine((1, 1, 2), "oblique"), tmp_path / "explicit", echo_number=2)

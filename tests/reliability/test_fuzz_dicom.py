@@ -26,7 +26,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from medres3d.errors import MedRes3DError
-from medres3d.io.dicom_header import FileHeader, SkippedFile, read_header
+from medres3d.io.dicom.header import read_header
+from medres3d.io.dicom.types import FileHeader, SkippedFile
 from medres3d.io.readers import load_volume
 
 ROWS, COLS = 4, 5

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from medres3d.checkpoint import load_checkpoint
 from medres3d.errors import ModelFileError
 from medres3d.modelfile import read_model, save_model
 from medres3d.models.resnet3d import resnet3d
+from medres3d.training.checkpoint import load_checkpoint
 
 TINY = {"initial_num_filters": 4, "num_filters": (4, 8), "stack_depth": (1, 1)}
 

@@ -40,7 +40,7 @@ def tiny_config(manifest: Path, output_dir: Path, *, model: dict | None = None, 
     """sample_configs/tiny.yaml with its data and output redirected and some options replaced."""
     import yaml
 
-    from medres3d.config import TrainConfig
+    from medres3d.training.config import TrainConfig
 
     raw = yaml.safe_load(TINY_YAML.read_text())
     raw["data"].update({"manifest": str(manifest), **(data or {})})

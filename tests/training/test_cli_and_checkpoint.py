@@ -11,10 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from medres3d.checkpoint import load_checkpoint, save_checkpoint
 from medres3d.cli import app
 from medres3d.errors import ModelFileError
 from medres3d.modelfile import read_model
+from medres3d.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_train_command_reports_config_errors(tmp_path):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medres3d.config import TrainConfig, load_config
 from medres3d.errors import ConfigError
+from medres3d.training.config import TrainConfig, load_config
 
 MINIMAL = {"data": {"manifest": "data/manifest.csv"}, "model": {"input_size": [32, 32, 16]}}
 SAMPLES = sorted((Path(__file__).parents[2] / "sample_configs").glob("*.yaml"))

@@ -14,7 +14,7 @@ import yaml
 
 from medres3d.io.readers import load_volume
 from medres3d.modelfile import read_model
-from medres3d.training import weights_sha256
+from medres3d.training.trainer import weights_sha256
 from medres3d.transforms import preprocess
 
 
@@ -61,9 +61,9 @@ def _average_on_rank(rank: int, store: str, result: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from medres3d.distributed import DistContext
     from medres3d.models.resnet3d import resnet3d
     from medres3d.training import Trainer
+    from medres3d.training.distributed import DistContext
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=3)
     torch.manual_seed(0)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from medres3d.data import (
+from medres3d.errors import ManifestError
+from medres3d.training.manifest import (
     check_files,
     check_label_typos,
     class_names_of,
@@ -15,7 +16,6 @@ from medres3d.data import (
     read_manifest,
     split_rows,
 )
-from medres3d.errors import ManifestError
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medres3d.errors import ConfigError
-from medres3d.metrics import classification_metrics, confusion_matrix, roc_auc_ovr
+from medres3d.training.metrics import classification_metrics, confusion_matrix, roc_auc_ovr
 
 
 def _pairwise_auc(scores: np.ndarray, positive: np.ndarray) -> float:

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from medres3d.errors import ConfigError
+from medres3d.runtime import join_process_group, process_place, resolve_device
 
 
 @dataclass(frozen=True)
@@ -46,39 +45,27 @@ class DistContext:
         return self.rank == 0
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError as err:
-        raise ConfigError(f"environment variable {name} must be an integer, got {value!r}") from err
-
-
 def setup(device: str = "auto") -> DistContext:
-    """Pick the device and, under ``torchrun``, join the process group.
+    """Pick the device (:func:`medres3d.runtime.resolve_device`) and, under ``torchrun``, join the group.
+
+    Under torchrun with CUDA each rank uses ``cuda:LOCAL_RANK`` (NCCL); on the CPU, gloo.
 
     Args:
-        device: "auto" (CUDA when available), "cpu" or "cuda".
+        device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:K".
 
     Example:
         >>> setup("cpu").device
         device(type='cpu')
     """
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was requested but CUDA is not available; use 'auto' or 'cpu'")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    world_size = _env_int("WORLD_SIZE", 1)
-    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    if world_size > 1 and not dist.is_initialized():
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
-    target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    return DistContext(rank, world_size, local_rank, target)
+    target = resolve_device(device)
+    place = process_place()
+    if place.distributed and target.type == "cuda":
+        target = torch.device("cuda", place.local_rank)
+    if place.distributed and not dist.is_initialized():
+        if target.type == "cuda":
+            torch.cuda.set_device(place.local_rank)
+        join_process_group("nccl" if target.type == "cuda" else "gloo", timedelta(minutes=30))
+    return DistContext(place.rank, place.world_size, place.local_rank, target)
 
 
 def barrier(ctx: DistContext) -> None:

@@ -1,6 +1,6 @@
 """Find the DICOM image series under a folder: header-only scan, grouping, localizers, skipped files.
 
-Every file's header is read in parallel (no pixels; see :mod:`medres3d.io.dicom_header`), then:
+Every file's header is read in parallel (no pixels; see :mod:`medres3d.io.dicom.header`), then:
 
 1. files are grouped by SeriesInstanceUID;
 2. each multi-frame file (Enhanced CT/MR, RT Dose...) is a series of its own, except that the
@@ -46,97 +46,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medres3d.errors import ConfigError, CorruptFileError, MedRes3DError
-from medres3d.io.dicom_header import FileHeader, SkippedFile, read_header
+from medres3d.io.dicom.header import read_header
+from medres3d.io.dicom.series import DicomSeries
+from medres3d.io.dicom.types import FileHeader, SkippedFile
 
 if TYPE_CHECKING:
-    from medres3d.io.volume import Volume
+    pass
 
 # IOP direction cosines closer than this are the same orientation (rounding in DS strings).
 _ORIENTATION_TOL = 1e-3
 # Orientation-outlier localizers: at most this many files, beside a group this many times larger.
 _OUTLIER_MAX_FILES = 3
 _OUTLIER_RATIO = 4
-
-
-@dataclass(frozen=True)
-class DicomSeries:
-    """One image series found by a scan: what a single volume will be made of.
-
-    Attributes:
-        uid: SeriesInstanceUID (shared by the parts of a split series; ``key`` is unique).
-        modality: e.g. "CT", "MR".
-        description: SeriesDescription.
-        files: the series' files, sorted by path (the slice order comes from positions at load).
-        series_number: SeriesNumber, or None.
-        patient_id: PatientID.
-        study_uid: StudyInstanceUID.
-        is_localizer: a scout/localizer (ImageType LOCALIZER or an orientation outlier).
-        folder: the deepest folder holding all files.
-        part: what distinguishes this part of a split series ("" when not split), e.g.
-            "echo 2", "acquisition 3", "sagittal", "localizer, coronal".
-        rows, columns: image size of every file.
-        num_frames: number of 2D images (files, or frames of a multi-frame file).
-        notes: scan-time remarks carried into the loaded volume's warnings (e.g. excluded localizers).
-
-    Example:
-        >>> series = find_dicom_series("study/")                       # doctest: +SKIP
-        >>> [(s.modality, s.num_files, s.description) for s in series]  # doctest: +SKIP
-        [('CT', 190, 'CHEST 1.0 B30f')]
-        >>> volume = series[0].load()                                   # doctest: +SKIP
-    """
-
-    uid: str
-    modality: str
-    description: str
-    files: list[Path]
-    series_number: int | None
-    patient_id: str
-    study_uid: str
-    is_localizer: bool
-    folder: Path
-    part: str = ""
-    rows: int = 0
-    columns: int = 0
-    num_frames: int = 0
-    notes: tuple[str, ...] = ()
-    headers: tuple[FileHeader, ...] = field(default=(), repr=False, compare=False)
-
-    @property
-    def num_files(self) -> int:
-        """Number of files in the series."""
-        return len(self.files)
-
-    @property
-    def key(self) -> str:
-        """A unique name: the uid, plus ``[part]`` for a part of a split series."""
-        return f"{self.uid} [{self.part}]" if self.part else self.uid
-
-    @property
-    def is_multiframe(self) -> bool:
-        """True for a single multi-frame file (Enhanced CT/MR, RT Dose)."""
-        return len(self.headers) == 1 and self.headers[0].is_multiframe
-
-    def __repr__(self) -> str:  # the file list would drown the rest
-        return f"DicomSeries({self.summary()})"
-
-    def summary(self) -> str:
-        """One line for listings and error messages."""
-        what = "localizer " if self.is_localizer else ""
-        return (
-            f"{self.key} ({what}{self.modality or '?'} #{self.series_number} {self.description!r}: "
-            f"{self.num_files} file(s), {self.num_frames} image(s) {self.rows}x{self.columns}, "
-            f"in {self.folder})"
-        )
-
-    def load(self, **kwargs: Any) -> Volume:
-        """Load this series as a Volume; keyword arguments as :func:`medres3d.io.dicom.load_dicom_series`.
-
-        Example:
-            >>> vol = find_dicom_series("study/")[0].load(strict=True)  # doctest: +SKIP
-        """
-        from medres3d.io.dicom_series import load_series
-
-        return load_series(self, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -351,7 +272,7 @@ def _group_enhanced(headers: list[FileHeader]) -> list[_Group]:
     not read: they are read here (the first frame's), only for series of several Enhanced files. A
     file whose geometry cannot be read stays a series of its own, for its load to name the problem.
     """
-    from medres3d.io.dicom_multiframe import frame_geometry
+    from medres3d.io.dicom.multiframe import frame_geometry
 
     placed, alone = [], []
     for h in headers:

@@ -1,10 +1,10 @@
-"""Training a ResNet3D from a :class:`~medres3d.config.TrainConfig`, on one process or under torchrun.
+"""Training a ResNet3D from a :class:`~medres3d.training.config.TrainConfig`, on one process or torchrun.
 
 What a run does, in order:
 
 1. Reads and checks the manifest (every row: columns, labels, files), splits it, prints the rows
    per class and split, and refuses labels that look like typos of another label
-   (:func:`medres3d.data.check_label_typos`) unless ``data.class_names`` lists the classes.
+   (:func:`medres3d.training.manifest.check_label_typos`) unless ``data.class_names`` lists the classes.
 2. One pass over every row, sharded over ranks: loads and preprocesses each scan (filling the
    cache), collects the rows that fail to load, and, unless resuming, fits the network's input
    normalization on the training split, as MATLAB does at training time: after preprocessing,
@@ -24,7 +24,7 @@ DistributedDataParallel; statistics are all-reduced, BatchNorm running statistic
 over ranks after every epoch, validation is sharded and gathered, and only rank 0 writes files.
 
 Example:
-    >>> from medres3d.config import load_config
+    >>> from medres3d.training.config import load_config
     >>> result = Trainer(load_config("sample_configs/tiny.yaml")).fit()   # doctest: +SKIP
     >>> result.model_path, result.final_metrics["val_accuracy"]          # doctest: +SKIP
 """
@@ -50,12 +50,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from medres3d import checkpoint as ckpt
-from medres3d import data as mdata
-from medres3d import distributed as mdist
-from medres3d.config import TrainConfig
 from medres3d.errors import ConfigError, ManifestError, ModelFileError
-from medres3d.metrics import classification_metrics, confusion_matrix
+from medres3d.training import checkpoint as ckpt
+from medres3d.training import datasets, manifest
+from medres3d.training import distributed as mdist
+from medres3d.training.config import TrainConfig
+from medres3d.training.metrics import classification_metrics, confusion_matrix
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                   "val_balanced_accuracy", "val_auc", "seconds")
@@ -107,8 +107,8 @@ class _Data:
     train: Any  # dataset of training windows (random part applied)
     train_base: Any  # cached, deterministic training volumes
     val_base: Any
-    train_rows: list[mdata.ManifestRow]
-    val_rows: list[mdata.ManifestRow]
+    train_rows: list[manifest.ManifestRow]
+    val_rows: list[manifest.ManifestRow]
     data_hash: str
 
     def class_counts(self) -> dict[str, dict[str, int]]:
@@ -138,14 +138,14 @@ def weights_sha256(module: nn.Module) -> str:
 
 
 class Trainer:
-    """Train a network as a :class:`~medres3d.config.TrainConfig` describes (see the module doc).
+    """Train a network as a :class:`~medres3d.training.config.TrainConfig` describes (see the module doc).
 
     Rank 0 writes the rows per class and split, then one line per epoch, to stderr: plain lines
     (no bar, no wrapping) unless stderr is a terminal and ``progress`` is on, where they print
     above a Rich progress bar.
 
     Args:
-        config: the validated configuration (:func:`medres3d.config.load_config`).
+        config: the validated configuration (:func:`medres3d.training.config.load_config`).
         resume: continue from ``output_dir/checkpoint.pt`` if it exists.
         progress: show a Rich progress bar when stderr is a terminal.
         verbose: write the class counts and epoch lines (False: silent).
@@ -209,36 +209,36 @@ class Trainer:
 
     def _data(self, spec: Any, ctx: mdist.DistContext) -> _Data:
         cfg = self.config
-        manifest = cfg.data.manifest
-        rows = mdata.read_manifest(manifest)
-        names = mdata.class_names_of(rows, cfg.data.class_names, manifest)
-        train_rows, val_rows = mdata.split_rows(rows, cfg.data.val_fraction, cfg.training.seed)
+        manifest_path = cfg.data.manifest
+        rows = manifest.read_manifest(manifest_path)
+        names = manifest.class_names_of(rows, cfg.data.class_names, manifest_path)
+        train_rows, val_rows = manifest.split_rows(rows, cfg.data.val_fraction, cfg.training.seed)
         # Shown before any refusal: the table is what tells a typo from a real rare class.
-        self._log(ctx, _class_table(manifest, names, train_rows, val_rows))
+        self._log(ctx, _class_table(manifest_path, names, train_rows, val_rows))
         if cfg.data.class_names is None:
-            mdata.check_label_typos(rows, manifest)
+            manifest.check_label_typos(rows, manifest_path)
         weights = cfg.training.class_weights
         if isinstance(weights, list) and len(weights) != len(names):
             raise ConfigError(f"training.class_weights has {len(weights)} entries for {len(names)} "
                               f"classes {names}")
         if not train_rows:
-            raise ManifestError(manifest, "no training rows (split column has no 'train' rows)")
+            raise ManifestError(manifest_path, "no training rows (split column has no 'train' rows)")
         used = train_rows + val_rows
-        stamps = mdata.check_files(used, manifest)
+        stamps = manifest.check_files(used, manifest_path)
         size = cfg.model.spatial_size
-        prepare = mdata.prepare_transform(spec, size)
-        cache_dir = self.run_dir / "cache" / mdata.cache_key(spec, size)
+        prepare = datasets.prepare_transform(spec, size)
+        cache_dir = self.run_dir / "cache" / datasets.cache_key(spec, size)
         if cfg.data.cache == "disk" and ctx.is_main:
             cache_dir.mkdir(parents=True, exist_ok=True)
         mdist.barrier(ctx)
-        train_base = mdata.cached_dataset(mdata.items_of(train_rows, names, stamps), prepare,
+        train_base = datasets.cached_dataset(datasets.items_of(train_rows, names, stamps), prepare,
                                           cfg.data.cache, cache_dir, cfg.data.num_workers)
-        val_base = mdata.cached_dataset(mdata.items_of(val_rows, names, stamps), prepare,
+        val_base = datasets.cached_dataset(datasets.items_of(val_rows, names, stamps), prepare,
                                         cfg.data.cache, cache_dir, cfg.data.num_workers)
-        augment = mdata.random_transform(size, patches=cfg.training.patches,
+        augment = datasets.random_transform(size, patches=cfg.training.patches,
                                          augmentation=cfg.training.augmentation)
-        return _Data(names, mdata.with_random(train_base, augment), train_base, val_base,
-                     train_rows, val_rows, mdata.data_hash(used, stamps))
+        return _Data(names, datasets.with_random(train_base, augment), train_base, val_base,
+                     train_rows, val_rows, manifest.data_hash(used, stamps))
 
     def _first_pass(self, net: nn.Module, data: _Data, ctx: mdist.DistContext, fit: bool) -> None:
         """Load every row once (sharded): collect load failures, fit the input normalization."""
@@ -278,7 +278,8 @@ class Trainer:
                 pass
         gathered = sorted(p for rank_problems in mdist.all_gather(ctx, problems) for p in rank_problems)
         if gathered:
-            raise ManifestError(self.config.data.manifest, mdata.summarize_problems([m for _, m in gathered]))
+            messages = [m for _, m in gathered]
+            raise ManifestError(self.config.data.manifest, manifest.summarize_problems(messages))
         if fit_error is not None:
             raise fit_error
 
@@ -312,13 +313,12 @@ class Trainer:
         return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
 
     def _autocast(self, device: torch.device) -> Any:
-        amp = self.config.training.amp
-        if amp == "none":
-            return nullcontext()
-        if amp == "fp16" and device.type != "cuda":
-            raise ConfigError("training.amp 'fp16' needs CUDA; use 'bf16' or 'none' on the CPU")
-        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-        return torch.autocast(device_type=device.type, dtype=dtype)
+        from medres3d.runtime import autocast
+
+        try:
+            return autocast(self.config.training.amp, device)
+        except ConfigError as err:
+            raise ConfigError(f"training.{err}") from err
 
     # -- epochs ----------------------------------------------------------------------------------
 
@@ -431,8 +431,8 @@ class Trainer:
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average over the pass
-        crop = mdata.random_transform(self.config.model.spatial_size, patches=t.patches, augmentation=None)
-        shard = Subset(mdata.with_random(data.train_base, crop), range(ctx.rank, len(data.train_base),
+        crop = datasets.random_transform(self.config.model.spatial_size, patches=t.patches, augmentation=None)
+        shard = Subset(datasets.with_random(data.train_base, crop), range(ctx.rank, len(data.train_base),
                                                                         ctx.world_size))
         drop_last = len(shard) > t.batch_size and len(shard) % t.batch_size == 1
         loader = DataLoader(shard, batch_size=t.batch_size, shuffle=False, drop_last=drop_last,
@@ -569,7 +569,7 @@ class Trainer:
                 best_epoch: int | None, stopped_early: bool) -> TrainResult:
         from medres3d import __version__
         from medres3d.modelfile import save_model
-        from medres3d.plots import plot_confusion_matrix, plot_training_curves
+        from medres3d.training.plots import plot_confusion_matrix, plot_training_curves
 
         cfg, t = self.config, self.config.training
         saved_epoch = history[-1]["epoch"]
@@ -653,8 +653,8 @@ def _logged_metrics(history: Sequence[dict[str, Any]], epoch: int | None) -> dic
     return {} if row is None else {k: row.get(k) for k in METRIC_COLUMNS if k.startswith("val_")}
 
 
-def _class_table(manifest: Any, names: Sequence[str], train: Sequence[mdata.ManifestRow],
-                 val: Sequence[mdata.ManifestRow]) -> str:
+def _class_table(manifest: Any, names: Sequence[str], train: Sequence[manifest.ManifestRow],
+                 val: Sequence[manifest.ManifestRow]) -> str:
     """``rows per class (train / val) of <manifest>:`` and one aligned line per class."""
     width = max(len(name) for name in (*names, "total"))
     lines = [f"rows per class (train / val) of {manifest}:"]

@@ -1,10 +1,10 @@
 """DICOM CT/MR volumes: find series under a folder, and load a series or a multi-frame file.
 
 The public names of the DICOM reader live here; the work is split by job into
-:mod:`~medres3d.io.dicom_header` (header-only reading of one file), :mod:`~medres3d.io.dicom_scan`
-(grouping files into series), :mod:`~medres3d.io.dicom_geometry` (slice ordering and grid checks),
-:mod:`~medres3d.io.dicom_series` (series to volume), :mod:`~medres3d.io.dicom_multiframe` (Enhanced
-and RT Dose multi-frame files) and :mod:`~medres3d.io.dicom_pixels` (decoding and rescale).
+:mod:`~medres3d.io.dicom.header` (header-only reading of one file), :mod:`~medres3d.io.dicom.scan`
+(grouping files into series), :mod:`~medres3d.io.dicom.geometry` (slice ordering and grid checks),
+:mod:`~medres3d.io.dicom.stack` (series to volume), :mod:`~medres3d.io.dicom.multiframe` (Enhanced
+and RT Dose multi-frame files) and :mod:`~medres3d.io.dicom.pixels` (decoding and rescale).
 Every warning and error is explained in ``docs/dicom.md``.
 
 Example:
@@ -32,9 +32,11 @@ from medres3d.errors import (
     UnsupportedFormatError,
     VolumeLoadError,
 )
-from medres3d.io.dicom_header import FileHeader, SkippedFile, read_header
-from medres3d.io.dicom_multiframe import load_multiframe
-from medres3d.io.dicom_scan import DicomScan, DicomSeries, find_dicom_series, scan_dicom_tree, scan_files
+from medres3d.io.dicom.header import read_header
+from medres3d.io.dicom.multiframe import load_multiframe
+from medres3d.io.dicom.scan import DicomScan, find_dicom_series, scan_dicom_tree, scan_files
+from medres3d.io.dicom.series import DicomSeries
+from medres3d.io.dicom.types import FileHeader, SkippedFile
 from medres3d.io.limits import DEFAULT_MAX_VOXELS
 from medres3d.io.volume import Volume
 
@@ -81,7 +83,7 @@ def load_dicom_series(
     Args:
         folder_or_files: a series folder, or the files of one series.
         series_uid: which series to load when there are several.
-        dtype: "float32" (default), "float64" or "native" (see :func:`medres3d.io.dicom_series.load_series`).
+        dtype: "float32" (default), "float64" or "native" (see :func:`medres3d.io.dicom.stack.load_series`).
         max_voxels: refuse volumes larger than this (None: no limit), checked before reading pixels.
         strict: raise SeriesGeometryError on missing slices, uneven spacing and conflicting duplicates.
 

@@ -7,11 +7,11 @@ or, for RT Dose style files, from ``ImagePositionPatient`` plus ``GridFrameOffse
 along the normal, scaled by ``DoseGridScaling``). The frames then go through the same planning and
 checks as a series of files (sorted by position, duplicates, missing frames, spacing, tilt).
 An Enhanced series written as several files (slabs of frames, or one frame per file; grouped by
-:mod:`medres3d.io.dicom_scan`) is stacked the same way, the frames of all its files together.
+:mod:`medres3d.io.dicom.scan`) is stacked the same way, the frames of all its files together.
 
 Example:
     >>> from pydicom.data import get_testdata_file
-    >>> from medres3d.io.dicom_header import read_header
+    >>> from medres3d.io.dicom.header import read_header
     >>> vol = load_multiframe(read_header(get_testdata_file("rtdose.dcm")))
     >>> vol.shape, vol.modality
     ((1, 10, 10, 15), 'RTDOSE')
@@ -31,10 +31,11 @@ import pydicom
 from pydicom.errors import BytesLengthException
 
 from medres3d.errors import CorruptFileError, ResourceLimitError, SeriesGeometryError, UnsupportedFormatError
-from medres3d.io.dicom_geometry import unit_vectors
-from medres3d.io.dicom_header import FileHeader, read_dataset_header
-from medres3d.io.dicom_pixels import read_frames
-from medres3d.io.dicom_series import SliceSource, build_volume, check_image_size, series_meta
+from medres3d.io.dicom.geometry import unit_vectors
+from medres3d.io.dicom.header import read_dataset_header
+from medres3d.io.dicom.pixels import read_frames
+from medres3d.io.dicom.stack import SliceSource, build_volume, check_image_size, series_meta
+from medres3d.io.dicom.types import FileHeader
 from medres3d.io.limits import DEFAULT_MAX_VOXELS, check_voxel_count
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def load_multiframe_files(
         or pixel spacing.
 
     Example:
-        >>> from medres3d.io.dicom_scan import find_dicom_series
+        >>> from medres3d.io.dicom.scan import find_dicom_series
         >>> vol = load_multiframe_files(find_dicom_series("enhanced_slabs/")[0].headers)  # doctest: +SKIP
     """
     first = headers[0]

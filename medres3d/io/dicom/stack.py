@@ -1,6 +1,6 @@
 """One DICOM series (or the frames of one multi-frame file) to a Volume, with geometry checks.
 
-The slices' positions are planned onto one grid first (:func:`medres3d.io.dicom_geometry.plan_stack`),
+The slices' positions are planned onto one grid first (:func:`medres3d.io.dicom.geometry.plan_stack`),
 the voxel count is checked against the limit, the output array is allocated once and every slice
 is decoded straight into its place (in threads: file reads, NumPy and the decoder plugins release
 the GIL), rescaled per slice with its own RescaleSlope/Intercept. Then:
@@ -31,19 +31,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from medres3d.errors import ConfigError, CorruptFileError, SeriesGeometryError, UnsupportedFormatError
-from medres3d.io.dicom_geometry import StackPlan, plan_stack
-from medres3d.io.dicom_header import FileHeader
-from medres3d.io.dicom_pixels import read_frames, rescale_into, stored_range
+from medres3d.io.dicom.geometry import StackPlan, plan_stack
+from medres3d.io.dicom.pixels import rescale_into, stored_range
+from medres3d.io.dicom.types import FileHeader
 from medres3d.io.limits import DEFAULT_MAX_VOXELS, check_voxel_count
 from medres3d.io.volume import Volume
-
-if TYPE_CHECKING:
-    from medres3d.io.dicom_scan import DicomSeries
 
 logger = logging.getLogger("medres3d.io.dicom")
 
@@ -64,86 +61,6 @@ class SliceSource:
     slope: float
     intercept: float
     read: Callable[[], np.ndarray]  # -> (rows, columns) stored values
-
-
-def load_series(
-    series: DicomSeries,
-    *,
-    dtype: str = "float32",
-    max_voxels: int | None = DEFAULT_MAX_VOXELS,
-    strict: bool = False,
-    workers: int | None = None,
-) -> Volume:
-    """Load one scanned series (see the module docstring); multi-frame files (one or several) go to
-    :func:`medres3d.io.dicom_multiframe.load_multiframe_files`.
-
-    Args:
-        series: from :func:`medres3d.io.dicom.find_dicom_series`.
-        dtype: "float32" (default; rescaled values, HU for CT), "float64", or "native": the
-            rescaled values in the smallest integer type that holds them exactly (e.g. int16 HU),
-            falling back to float32 with a warning when the rescale is not integral.
-        max_voxels: refuse series whose headers claim more voxels (None: no limit).
-        strict: raise SeriesGeometryError on missing slices, uneven spacing and conflicting
-            duplicates instead of warning.
-        workers: decoding threads (None: one per CPU, at most 8).
-
-    Raises:
-        SeriesGeometryError: missing or inconsistent geometry; irregular slices when ``strict``.
-        UnsupportedFormatError: a single 2D slice.
-        CorruptFileError: undecodable or truncated pixel data, absurd image size, RescaleSlope 0.
-        ResourceLimitError: more voxels than ``max_voxels``.
-
-    Example:
-        >>> vol = load_series(find_dicom_series("ct/")[0], dtype="native")  # doctest: +SKIP
-        >>> vol.array.dtype                                                  # doctest: +SKIP
-        dtype('int16')
-    """
-    headers = list(series.headers)
-    if all(h.is_multiframe for h in headers):
-        from medres3d.io.dicom_multiframe import load_multiframe_files
-
-        return load_multiframe_files(
-            headers, dtype=dtype, max_voxels=max_voxels, strict=strict, notes=series.notes, workers=workers
-        )
-    where = series.folder
-    first = headers[0]
-    for h in headers:
-        if h.position is None or h.orientation is None:
-            raise SeriesGeometryError(
-                h.path,
-                "no valid ImagePositionPatient/ImageOrientationPatient: the slice cannot be placed in the "
-                f"volume of series {series.key}",
-            )
-        if h.pixel_spacing is None:
-            raise SeriesGeometryError(h.path, "no valid PixelSpacing: the in-plane voxel size is unknown")
-    check_image_size(first)
-    if len(headers) == 1:
-        raise UnsupportedFormatError(
-            first.path, "a single 2D slice; pass the series folder (or a multi-frame file) to load a volume"
-        )
-    sources = [
-        SliceSource(h.path, h.path.name, h.position, h.slope, h.intercept, _single_frame_reader(h))  # type: ignore[arg-type]
-        for h in headers
-    ]
-    meta = series_meta(first)
-    meta["num_files"] = len(headers)
-    return build_volume(
-        sources,
-        orientation=first.orientation,  # type: ignore[arg-type]
-        pixel_spacing=first.pixel_spacing,  # type: ignore[arg-type]
-        headers=headers,
-        where=where,
-        meta=meta,
-        notes=series.notes,
-        dtype=dtype,
-        max_voxels=max_voxels,
-        strict=strict,
-        workers=workers,
-    )
-
-
-def _single_frame_reader(header: FileHeader) -> Callable[[], np.ndarray]:
-    return lambda: read_frames(header)[0]
 
 
 def check_image_size(header: FileHeader) -> None:

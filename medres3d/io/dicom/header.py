@@ -19,7 +19,6 @@ import io
 import os
 import struct
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -29,13 +28,13 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
 
 from medres3d.errors import ResourceLimitError
-from medres3d.io.dicom_rawheader import parse_header, tag_table
+from medres3d.io.dicom.rawheader import parse_header, tag_table
+from medres3d.io.dicom.types import FileHeader, SkippedFile
 
 # Only these are parsed; every other element is skipped by seeking past its value.
 SCAN_TAGS = [
@@ -56,8 +55,6 @@ _PIXEL_TAG_BYTES = frozenset(
 )
 # First bytes of a dataset without preamble: group 0002 or 0008, little or big endian.
 _BARE_DATASET_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
-# Transfer syntaxes whose pixel data is a plain array at the element's file offset.
-NATIVE_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian})
 
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"
 # What pydicom raises on damaged headers (several found by fuzzing: tests/reliability, fuzz/).
@@ -67,7 +64,7 @@ _HEADER_ERRORS = (
 )  # fmt: skip
 # A Deflated Explicit VR file's header is inflated up to its pixel data element, at most this many
 # bytes (an Enhanced header of thousands of frames takes a few MB); its pixel data is inflated
-# only when decoded, bounded by the pixels its header claims (medres3d.io.dicom_pixels).
+# only when decoded, bounded by the pixels its header claims (medres3d.io.dicom.pixels).
 MAX_INFLATED_HEADER_BYTES = 2**26
 # Explicit VR little endian starts of a top-level pixel data element (PixelData, Float/Double).
 _PIXEL_ELEMENT_STARTS = tuple(
@@ -84,82 +81,11 @@ _NON_IMAGE_WORDS = (
 _ENHANCED_WORDS = ("Enhanced", "Legacy Converted")
 
 
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file a scan did not use, and why.
-
-    Attributes:
-        path: the file.
-        reason: a human explanation (e.g. "not an image: Segmentation Storage (SEG)").
-        kind: "empty", "not-dicom", "unreadable", "non-image", "unsupported" or "resource"; tells
-            which error a direct load of this file raises.
-    """
-
-    path: Path
-    reason: str
-    kind: str = "non-image"
-
-
-@dataclass(frozen=True)
-class FileHeader:
-    """What a header-only read of one image file says (values already parsed and validated).
-
-    ``position``/``orientation``/``pixel_spacing`` are None when absent or malformed; the series
-    loader names the file in its error then. ``pixel_offset`` is the file offset of the pixel data
-    element (None when the file has none).
-    """
-
-    path: Path
-    sop_class_uid: str
-    modality: str
-    patient_id: str
-    study_uid: str
-    series_uid: str
-    series_number: int | None
-    description: str
-    image_type: tuple[str, ...]
-    acquisition: int | None
-    instance_number: int | None
-    temporal_position: int | None
-    echo: int | None
-    position: tuple[float, float, float] | None
-    orientation: tuple[float, ...] | None
-    pixel_spacing: tuple[float, float] | None
-    rows: int
-    columns: int
-    frames: int
-    samples_per_pixel: int
-    photometric: str
-    bits_allocated: int
-    bits_stored: int
-    pixel_representation: int
-    slope: float
-    intercept: float
-    transfer_syntax: str
-    pixel_offset: int | None
-    is_enhanced: bool
-
-    @property
-    def is_multiframe(self) -> bool:
-        """True for a file whose frames are the slices (Enhanced CT/MR, RT Dose...)."""
-        return self.frames > 1 or self.is_enhanced
-
-    @property
-    def is_localizer(self) -> bool:
-        """True when ImageType says LOCALIZER (scout / topogram / survey)."""
-        return "LOCALIZER" in self.image_type
-
-    @property
-    def is_native(self) -> bool:
-        """True when the pixel data is an uncompressed array readable at ``pixel_offset``."""
-        return self.transfer_syntax in NATIVE_SYNTAXES and self.pixel_offset is not None
-
-
 def read_header(path: str | os.PathLike[str], fast: bool = True) -> FileHeader | SkippedFile:
     """Read one file's header (no pixels) and classify it.
 
     Never raises for a bad file: the problem comes back as a :class:`SkippedFile`. With ``fast``
-    (the default), Part 10 little-endian files go through :mod:`medres3d.io.dicom_rawheader`
+    (the default), Part 10 little-endian files go through :mod:`medres3d.io.dicom.rawheader`
     (about 10 times faster); every other file, and ``fast=False``, through pydicom.
 
     Example:

@@ -9,7 +9,7 @@ pydicom does. A failure names the file in a :class:`~medres3d.errors.CorruptFile
 
 Example:
     >>> from pydicom.data import get_testdata_file
-    >>> from medres3d.io.dicom_header import read_header
+    >>> from medres3d.io.dicom.header import read_header
     >>> read_frames(read_header(get_testdata_file("MR_small_RLE.dcm"))).shape
     (1, 64, 64)
 """
@@ -25,7 +25,8 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from medres3d.errors import CorruptFileError, ResourceLimitError, UnsupportedFormatError
-from medres3d.io.dicom_header import MAX_INFLATED_HEADER_BYTES, FileHeader, inflate_dataset
+from medres3d.io.dicom.header import MAX_INFLATED_HEADER_BYTES, inflate_dataset
+from medres3d.io.dicom.types import FileHeader
 
 # (7FE0,0010) PixelData in either byte order; Float/DoubleFloatPixelData go through pydicom.
 _INTEGER_PIXEL_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
@@ -182,7 +183,7 @@ def stored_range(header: FileHeader) -> tuple[int, int]:
 
     Example:
         >>> from pydicom.data import get_testdata_file
-        >>> from medres3d.io.dicom_header import read_header
+        >>> from medres3d.io.dicom.header import read_header
         >>> stored_range(read_header(get_testdata_file("CT_small.dcm")))
         (-32768, 32767)
     """

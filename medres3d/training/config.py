@@ -6,7 +6,7 @@ and its path instead of a silently ignored option. Relative paths (``data.manife
 ``docs/training.md``; ``sample_configs/`` holds worked examples.
 
 Example:
-    >>> from medres3d.config import load_config
+    >>> from medres3d.training.config import load_config
     >>> cfg = load_config("sample_configs/tiny.yaml")    # doctest: +SKIP
     >>> cfg.training.epochs, cfg.model.builder_options()["stack_depth"]   # doctest: +SKIP
     (2, [1, 1])

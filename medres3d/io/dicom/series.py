@@ -1,0 +1,187 @@
+"""One scanned DICOM series (``DicomSeries``) and its loading into a Volume.
+
+A series of single-frame files is checked (every slice placed, a known pixel spacing, more than
+one slice) and stacked by :func:`medres3d.io.dicom.stack.build_volume`; a series of multi-frame
+files goes to :func:`medres3d.io.dicom.multiframe.load_multiframe_files`.
+
+Example:
+    >>> from medres3d.io.dicom import find_dicom_series
+    >>> vol = find_dicom_series("ct_folder/")[0].load()   # doctest: +SKIP
+    >>> vol.shape, vol.warnings                             # doctest: +SKIP
+    ((1, 512, 512, 190), [])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medres3d.errors import SeriesGeometryError, UnsupportedFormatError
+from medres3d.io.dicom.multiframe import load_multiframe_files
+from medres3d.io.dicom.pixels import read_frames
+from medres3d.io.dicom.stack import SliceSource, build_volume, check_image_size, series_meta
+from medres3d.io.dicom.types import FileHeader
+from medres3d.io.limits import DEFAULT_MAX_VOXELS
+from medres3d.io.volume import Volume
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One image series found by a scan: what a single volume will be made of.
+
+    Attributes:
+        uid: SeriesInstanceUID (shared by the parts of a split series; ``key`` is unique).
+        modality: e.g. "CT", "MR".
+        description: SeriesDescription.
+        files: the series' files, sorted by path (the slice order comes from positions at load).
+        series_number: SeriesNumber, or None.
+        patient_id: PatientID.
+        study_uid: StudyInstanceUID.
+        is_localizer: a scout/localizer (ImageType LOCALIZER or an orientation outlier).
+        folder: the deepest folder holding all files.
+        part: what distinguishes this part of a split series ("" when not split), e.g.
+            "echo 2", "acquisition 3", "sagittal", "localizer, coronal".
+        rows, columns: image size of every file.
+        num_frames: number of 2D images (files, or frames of a multi-frame file).
+        notes: scan-time remarks carried into the loaded volume's warnings (e.g. excluded localizers).
+
+    Example:
+        >>> series = find_dicom_series("study/")                       # doctest: +SKIP
+        >>> [(s.modality, s.num_files, s.description) for s in series]  # doctest: +SKIP
+        [('CT', 190, 'CHEST 1.0 B30f')]
+        >>> volume = series[0].load()                                   # doctest: +SKIP
+    """
+
+    uid: str
+    modality: str
+    description: str
+    files: list[Path]
+    series_number: int | None
+    patient_id: str
+    study_uid: str
+    is_localizer: bool
+    folder: Path
+    part: str = ""
+    rows: int = 0
+    columns: int = 0
+    num_frames: int = 0
+    notes: tuple[str, ...] = ()
+    headers: tuple[FileHeader, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def num_files(self) -> int:
+        """Number of files in the series."""
+        return len(self.files)
+
+    @property
+    def key(self) -> str:
+        """A unique name: the uid, plus ``[part]`` for a part of a split series."""
+        return f"{self.uid} [{self.part}]" if self.part else self.uid
+
+    @property
+    def is_multiframe(self) -> bool:
+        """True for a single multi-frame file (Enhanced CT/MR, RT Dose)."""
+        return len(self.headers) == 1 and self.headers[0].is_multiframe
+
+    def __repr__(self) -> str:  # the file list would drown the rest
+        return f"DicomSeries({self.summary()})"
+
+    def summary(self) -> str:
+        """One line for listings and error messages."""
+        what = "localizer " if self.is_localizer else ""
+        return (
+            f"{self.key} ({what}{self.modality or '?'} #{self.series_number} {self.description!r}: "
+            f"{self.num_files} file(s), {self.num_frames} image(s) {self.rows}x{self.columns}, "
+            f"in {self.folder})"
+        )
+
+    def load(self, **kwargs: Any) -> Volume:
+        """Load this series as a Volume; keyword arguments as :func:`medres3d.io.dicom.load_dicom_series`.
+
+        Example:
+            >>> vol = find_dicom_series("study/")[0].load(strict=True)  # doctest: +SKIP
+        """
+        return load_series(self, **kwargs)
+
+
+
+def load_series(
+    series: DicomSeries,
+    *,
+    dtype: str = "float32",
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    strict: bool = False,
+    workers: int | None = None,
+) -> Volume:
+    """Load one scanned series (see the module docstring); multi-frame files (one or several) go to
+    :func:`medres3d.io.dicom.multiframe.load_multiframe_files`.
+
+    Args:
+        series: from :func:`medres3d.io.dicom.find_dicom_series`.
+        dtype: "float32" (default; rescaled values, HU for CT), "float64", or "native": the
+            rescaled values in the smallest integer type that holds them exactly (e.g. int16 HU),
+            falling back to float32 with a warning when the rescale is not integral.
+        max_voxels: refuse series whose headers claim more voxels (None: no limit).
+        strict: raise SeriesGeometryError on missing slices, uneven spacing and conflicting
+            duplicates instead of warning.
+        workers: decoding threads (None: one per CPU, at most 8).
+
+    Raises:
+        SeriesGeometryError: missing or inconsistent geometry; irregular slices when ``strict``.
+        UnsupportedFormatError: a single 2D slice.
+        CorruptFileError: undecodable or truncated pixel data, absurd image size, RescaleSlope 0.
+        ResourceLimitError: more voxels than ``max_voxels``.
+
+    Example:
+        >>> vol = load_series(find_dicom_series("ct/")[0], dtype="native")  # doctest: +SKIP
+        >>> vol.array.dtype                                                  # doctest: +SKIP
+        dtype('int16')
+    """
+    headers = list(series.headers)
+    if all(h.is_multiframe for h in headers):
+        return load_multiframe_files(
+            headers, dtype=dtype, max_voxels=max_voxels, strict=strict, notes=series.notes, workers=workers
+        )
+    where = series.folder
+    first = headers[0]
+    for h in headers:
+        if h.position is None or h.orientation is None:
+            raise SeriesGeometryError(
+                h.path,
+                "no valid ImagePositionPatient/ImageOrientationPatient: the slice cannot be placed in the "
+                f"volume of series {series.key}",
+            )
+        if h.pixel_spacing is None:
+            raise SeriesGeometryError(h.path, "no valid PixelSpacing: the in-plane voxel size is unknown")
+    check_image_size(first)
+    if len(headers) == 1:
+        raise UnsupportedFormatError(
+            first.path, "a single 2D slice; pass the series folder (or a multi-frame file) to load a volume"
+        )
+    sources = [
+        SliceSource(h.path, h.path.name, h.position, h.slope, h.intercept, _single_frame_reader(h))  # type: ignore[arg-type]
+        for h in headers
+    ]
+    meta = series_meta(first)
+    meta["num_files"] = len(headers)
+    return build_volume(
+        sources,
+        orientation=first.orientation,  # type: ignore[arg-type]
+        pixel_spacing=first.pixel_spacing,  # type: ignore[arg-type]
+        headers=headers,
+        where=where,
+        meta=meta,
+        notes=series.notes,
+        dtype=dtype,
+        max_voxels=max_voxels,
+        strict=strict,
+        workers=workers,
+    )
+
+
+def _single_frame_reader(header: FileHeader) -> Callable[[], np.ndarray]:
+    return lambda: read_frames(header)[0]

@@ -1,0 +1,90 @@
+"""The records of a DICOM header scan: one image file's header (``FileHeader``), or why a file was skipped.
+
+They are plain frozen dataclasses, shared by the header readers (:mod:`.rawheader`, :mod:`.header`),
+the grouping (:mod:`.scan`) and the loaders (:mod:`.series`, :mod:`.multiframe`), and pickled
+between processes.
+
+Example:
+    >>> SkippedFile(Path("x.dcm"), "not DICOM").reason
+    'not DICOM'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+# Transfer syntaxes whose pixel data is a plain array at the element's file offset.
+NATIVE_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian})
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file a scan did not use, and why.
+
+    Attributes:
+        path: the file.
+        reason: a human explanation (e.g. "not an image: Segmentation Storage (SEG)").
+        kind: "empty", "not-dicom", "unreadable", "non-image", "unsupported" or "resource"; tells
+            which error a direct load of this file raises.
+    """
+
+    path: Path
+    reason: str
+    kind: str = "non-image"
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    """What a header-only read of one image file says (values already parsed and validated).
+
+    ``position``/``orientation``/``pixel_spacing`` are None when absent or malformed; the series
+    loader names the file in its error then. ``pixel_offset`` is the file offset of the pixel data
+    element (None when the file has none).
+    """
+
+    path: Path
+    sop_class_uid: str
+    modality: str
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    series_number: int | None
+    description: str
+    image_type: tuple[str, ...]
+    acquisition: int | None
+    instance_number: int | None
+    temporal_position: int | None
+    echo: int | None
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None
+    rows: int
+    columns: int
+    frames: int
+    samples_per_pixel: int
+    photometric: str
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    slope: float
+    intercept: float
+    transfer_syntax: str
+    pixel_offset: int | None
+    is_enhanced: bool
+
+    @property
+    def is_multiframe(self) -> bool:
+        """True for a file whose frames are the slices (Enhanced CT/MR, RT Dose...)."""
+        return self.frames > 1 or self.is_enhanced
+
+    @property
+    def is_localizer(self) -> bool:
+        """True when ImageType says LOCALIZER (scout / topogram / survey)."""
+        return "LOCALIZER" in self.image_type
+
+    @property
+    def is_native(self) -> bool:
+        """True when the pixel data is an uncompressed array readable at ``pixel_offset``."""
+        return self.transfer_syntax in NATIVE_SYNTAXES and self.pixel_offset is not None
