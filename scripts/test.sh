@@ -4,4 +4,5 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_install.sh"
 .venv/bin/ruff check .
+.venv/bin/lint-imports  # the layers of docs/architecture.md
 .venv/bin/python -m pytest --nbmake --doctest-modules medres3d tests notebooks "$@"

@@ -14,7 +14,8 @@ from medres3d._lazy import lazy_exports
 _EXPORTS: dict[str, str] = {
     "sliding_window_classify": "medres3d.inference.sliding_window",
     "SlidingWindowResult": "medres3d.inference.sliding_window",
-    "aggregate_windows": "medres3d.inference.sliding_window",
+    "aggregate_windows": "medres3d.inference.aggregation",
+    "resolve_negative_class": "medres3d.inference.aggregation",
     "WindowGrid": "medres3d.inference.windows",
     "Classifier": "medres3d.inference.classifier",
     "Prediction": "medres3d.inference.classifier",

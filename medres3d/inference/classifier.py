@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from medres3d.errors import ConfigError
+from medres3d.inference.aggregation import AGGREGATIONS, resolve_negative_class
 from medres3d.inference.evidence import EvidenceMap, evidence_map
 from medres3d.inference.loader_pool import prefetch_prepared, validate_timeout
 from medres3d.inference.prepare import FailedScan, PreparedScan, describe_error, prepare_or_fail, prepare_scan
-from medres3d.inference.sliding_window import AGGREGATIONS, sliding_window_classify
+from medres3d.inference.sliding_window import sliding_window_classify
 from medres3d.runtime import resolve_device
 
 if TYPE_CHECKING:
@@ -73,47 +74,6 @@ class Prediction:
     def ok(self) -> bool:
         """True when the scan was classified."""
         return self.status == "ok"
-
-
-NEGATIVE_CLASS_NAMES = ("normal", "negative", "background", "healthy")
-
-
-def resolve_negative_class(class_names: Sequence[str], negative_class: int | str | None = None) -> int:
-    """The index of the negative class of ``aggregate="any"``.
-
-    ``negative_class`` is a class name, an index, or a string of digits that is not a class name
-    (as typed on the command line). None picks the class named one of
-    :data:`NEGATIVE_CLASS_NAMES` (case-insensitive); with none of these, class 0 (the usual
-    convention of label 0 = negative); with several, the choice is refused as ambiguous.
-
-    Example:
-        >>> resolve_negative_class(["lesion", "normal"]), resolve_negative_class(["a", "b"], "b")
-        (1, 1)
-    """
-    names = list(class_names)
-    if negative_class is None:
-        found = [index for index, name in enumerate(names) if name.lower() in NEGATIVE_CLASS_NAMES]
-        if len(found) > 1:
-            raise ConfigError(
-                f"classes {[names[i] for i in found]} could each be the negative class of "
-                "aggregate='any'; choose one with negative_class (--negative-class)"
-            )
-        return found[0] if found else 0
-    if isinstance(negative_class, str):
-        if negative_class in names:
-            return names.index(negative_class)
-        if not negative_class.isdigit():
-            raise ConfigError(f"negative_class must be one of the classes {names} or an index, "
-                              f"got {negative_class!r}")
-        negative_class = int(negative_class)
-    if isinstance(negative_class, bool) or not isinstance(negative_class, int) or not (
-        0 <= negative_class < len(names)
-    ):
-        raise ConfigError(
-            f"negative_class must be one of the classes {names} or an index in [0, {len(names) - 1}], "
-            f"got {negative_class!r}"
-        )
-    return negative_class
 
 
 class Classifier:

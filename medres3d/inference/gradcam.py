@@ -69,9 +69,9 @@ class Explanation:
         Example:
             >>> explanation.save("heatmap.nii.gz")   # doctest: +SKIP
         """
-        from medres3d.inference.evidence import save_map
+        from medres3d.io.writers import save_nifti
 
-        return save_map(self.heatmap, self.affine, path, "heatmap")
+        return save_nifti(np.ascontiguousarray(self.heatmap, dtype=np.float32), self.affine, path, "heatmap")
 
 
 def target_layer(net: nn.Module) -> tuple[str, str]:
@@ -155,8 +155,8 @@ def explain(
         >>> exp.label, exp.layer, exp.heatmap.shape                             # doctest: +SKIP
         ('lesion', 'stack4_block3_relu3', (512, 512, 120))
     """
-    from medres3d.inference.evidence import resample_to_grid
     from medres3d.inference.prepare import prepare_scan
+    from medres3d.io.resample import resample_to_grid
 
     prepared = prepare_scan(scan, classifier.preprocessing, keep_volume=True)
     prediction = classifier.predict_prepared(prepared)

@@ -25,10 +25,9 @@ import torch
 from torch import nn
 
 from medres3d.errors import ConfigError, NetworkOutputError
+from medres3d.inference.aggregation import AGGREGATIONS, aggregate_windows
 from medres3d.inference.windows import WindowGrid, clip_box
 from medres3d.runtime import autocast, resolve_device
-
-AGGREGATIONS = ("mean", "max", "logit-mean", "any")
 
 
 @dataclass
@@ -67,89 +66,6 @@ class SlidingWindowResult:
     def label_index(self) -> int:
         """Index of the most probable class."""
         return int(torch.argmax(self.probabilities))
-
-
-def aggregate_windows(
-    window_logits: torch.Tensor,
-    aggregate: str = "mean",
-    weights: torch.Tensor | None = None,
-    *,
-    negative_class: int = 0,
-) -> tuple[torch.Tensor, list[str]]:
-    """Combine (W, K) window logits into (K,) volume probabilities.
-
-    ``"mean"``: (weighted) mean of the window softmax probabilities. ``"max"``: per-class maximum of
-    the window probabilities (windows with zero weight are ignored); need not sum to 1.
-    ``"logit-mean"``: softmax of the (weighted) mean logits. ``"any"``: "present anywhere" for
-    detection tasks: the volume is negative only if every window is, so
-    ``p(negative) = min over windows of p_w(negative)``, and each other class ``c`` gets the rest in
-    proportion to its maximum over windows, ``p(c) = (1 - p(negative)) * max_w p_w(c) / sum over
-    c' != negative of max_w p_w(c')``; this sums to 1, and with two classes ``p(positive)`` is the
-    maximum over windows of ``p_w(positive)`` (windows with zero weight are ignored, as for
-    ``"max"``). Weights that are all zero fall back to uniform weights, with a warning.
-
-    Args:
-        window_logits: (W, K) logits of W windows.
-        aggregate: one of :data:`AGGREGATIONS`.
-        weights: (W,) non-negative window weights, or None for uniform weights.
-        negative_class: index of the negative class ("normal") for ``"any"``; unused otherwise.
-
-    Example:
-        >>> logits = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
-        >>> aggregate_windows(logits, "logit-mean")[0]
-        tensor([0.7311, 0.2689])
-        >>> logits = torch.tensor([[3.0, 0.0], [0.0, 1.0]])   # p_w(class 1): 0.047 and 0.731
-        >>> aggregate_windows(logits, "any", negative_class=0)[0]
-        tensor([0.2689, 0.7311])
-    """
-    if aggregate not in AGGREGATIONS:
-        raise ConfigError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
-    if window_logits.ndim != 2 or window_logits.shape[0] == 0:
-        raise ConfigError(f"window_logits must be (W>0, K), got shape {tuple(window_logits.shape)}")
-    num_classes = window_logits.shape[1]
-    if aggregate == "any" and (
-        isinstance(negative_class, bool)
-        or not isinstance(negative_class, int)
-        or not 0 <= negative_class < num_classes
-    ):
-        raise ConfigError(
-            f"negative_class must be a class index in [0, {num_classes - 1}], got {negative_class!r}"
-        )
-    warnings: list[str] = []
-    logits = window_logits.float()
-    if weights is not None:
-        weights = weights.float()
-        if float(weights.sum()) <= 0.0:
-            warnings.append("every window is background only; windows weighted uniformly")
-            weights = None
-    probabilities = torch.softmax(logits, dim=-1)
-    if aggregate in ("max", "any"):
-        if weights is not None:
-            probabilities = probabilities[weights > 0]
-        if aggregate == "max":
-            return probabilities.amax(dim=0), warnings
-        return _any_window(probabilities, negative_class), warnings
-    source = logits if aggregate == "logit-mean" else probabilities
-    if weights is None:
-        combined = source.mean(dim=0)
-    else:
-        combined = (source * weights[:, None]).sum(dim=0) / weights.sum()
-    if aggregate == "logit-mean":
-        combined = torch.softmax(combined, dim=-1)
-    return combined, warnings
-
-
-def _any_window(probabilities: torch.Tensor, negative_class: int) -> torch.Tensor:
-    """The ``"any"`` aggregation of (W, K) window probabilities (see :func:`aggregate_windows`)."""
-    p_negative = probabilities[:, negative_class].amin()
-    maxima = probabilities.amax(dim=0)
-    maxima[negative_class] = 0.0
-    total = maxima.sum()
-    # total is 0 only when every window gives the negative class exactly 1 (p_negative = 1 then)
-    shares = maxima / total if float(total) > 0 else maxima
-    combined = (1.0 - p_negative) * shares
-    combined[negative_class] = p_negative
-    return combined
 
 
 def _network_device(net: nn.Module) -> torch.device:
@@ -243,7 +159,8 @@ def sliding_window_classify(
         window_size: spatial window size; default ``net.spatial_size``.
         overlap: fraction of a window shared with its neighbour, in [0, 1), one or per axis.
         batch_size: windows per forward pass.
-        aggregate: ``"mean"`` | ``"max"`` | ``"logit-mean"`` | ``"any"`` (see :func:`aggregate_windows`).
+        aggregate: ``"mean"`` | ``"max"`` | ``"logit-mean"`` | ``"any"`` (see
+            :func:`~medres3d.inference.aggregation.aggregate_windows`).
         negative_class: index of the negative class for ``aggregate="any"``.
         weight_by_foreground: weight windows by their fraction of voxels != ``background_value``.
         background_value: value of padding where the volume is smaller than the window (the

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medres3d.errors import ConfigError, OutputWriteError
+from medres3d.errors import ConfigError
 
 if TYPE_CHECKING:
     from monai.data import MetaTensor
@@ -138,20 +138,13 @@ class Volume:
             >>> vol = Volume(np.arange(24, dtype=np.int16).reshape(1, 2, 3, 4), np.diag([1, 2, 3, 1.0]))
             >>> vol.to_nifti(os.path.join(tempfile.mkdtemp(), "vol.nii.gz"))
         """
-        import nibabel as nib
+        from medres3d.io.writers import save_nifti
 
         data = self.array
         if data.dtype not in _NIFTI_DTYPES:
             data = data.astype(np.uint8 if data.dtype == np.bool_ else np.float32)
         spatial_last = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
-        img = nib.Nifti1Image(spatial_last, self.affine, dtype=data.dtype)
-        img.set_sform(self.affine, code=1)
-        img.set_qform(self.affine, code=1)
-        img.header.set_xyzt_units("mm")
-        try:
-            nib.save(img, os.fspath(path))
-        except OSError as err:
-            raise OutputWriteError(path, f"cannot write NIfTI file: {err}") from err
+        save_nifti(spatial_last, self.affine, path, "NIfTI file")
 
     def to_metatensor(self) -> MetaTensor:
         """The voxels as a MONAI ``MetaTensor`` ``(C, H, W, D)`` carrying the RAS affine.

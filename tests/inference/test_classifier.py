@@ -8,7 +8,8 @@ import torch
 from inference_helpers import CLASS_NAMES, DeadlyScan, make_model_file
 
 from medres3d.errors import ConfigError, DeviceError, NormalizationNotFittedError
-from medres3d.inference.classifier import Classifier, resolve_negative_class
+from medres3d.inference.aggregation import resolve_negative_class
+from medres3d.inference.classifier import Classifier
 from medres3d.inference.sliding_window import sliding_window_classify
 from medres3d.io.readers import load_volume
 from medres3d.modelfile import read_model

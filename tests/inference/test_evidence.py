@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from medres3d.inference.evidence import evidence_map, resample_to_grid
+from medres3d.inference.evidence import evidence_map
 from medres3d.inference.sliding_window import sliding_window_classify
+from medres3d.io.resample import resample_to_grid
 
 
 def _oblique_affine() -> np.ndarray:

@@ -16,7 +16,8 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 
 from medres3d.errors import ConfigError, DeviceError
-from medres3d.inference.sliding_window import aggregate_windows, sliding_window_classify
+from medres3d.inference.aggregation import aggregate_windows
+from medres3d.inference.sliding_window import sliding_window_classify
 from medres3d.inference.windows import WindowGrid, window_starts
 
 

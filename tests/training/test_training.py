@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from medres3d.errors import ManifestError
 from medres3d.io.readers import load_volume
 from medres3d.modelfile import read_model, require_fitted_normalization
-from medres3d.training.trainer import Trainer, weights_sha256
 from medres3d.training.checkpoint import load_checkpoint
 from medres3d.training.config import load_config
+from medres3d.training.trainer import Trainer, weights_sha256
 from medres3d.transforms import preprocess
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
