@@ -15,7 +15,7 @@ Benchmarks (``--only`` picks some; each is a ``bench_*`` function registered in 
   SimpleITK ``ImageSeriesReader`` vs MONAI ``LoadImage`` (PydicomReader; ITKReader when ``itk`` is
   installed).
 - ``dicom_scan``: header scan rate (files/s) over a tree of 3000 files: ``scan_dicom_tree``
-  (threads, serial, processes) vs SimpleITK/GDCM's series scan vs a plain pydicom loop.
+  (threads, serial) vs SimpleITK/GDCM's series scan vs a plain pydicom loop.
 
 Usage:
     python benchmarks/bench_io.py                      # all benchmarks, 3 rounds
@@ -223,7 +223,7 @@ def bench_dicom_scan(workdir: Path, shape: tuple[int, int, int], repeats: int) -
     import pydicom
     import SimpleITK as sitk
 
-    from medres3d.io import dicom_scan
+    from medres3d.io.dicom import scan as dicom_scan
 
     root, num_files = _dicom_tree(workdir, num_series=30, num_slices=100)
 
@@ -238,7 +238,6 @@ def bench_dicom_scan(workdir: Path, shape: tuple[int, int, int], repeats: int) -
     readers: dict[str, Reader] = {
         "medres3d scan_dicom_tree (default: threads)": lambda: dicom_scan.scan_dicom_tree(root),
         "medres3d scan_dicom_tree (workers=1)": lambda: dicom_scan.scan_dicom_tree(root, workers=1),
-        "medres3d scan_dicom_tree (processes=True)": lambda: dicom_scan.scan_dicom_tree(root, processes=True),
         "SimpleITK/GDCM series IDs + file names, per folder": gdcm_scan,
         "pydicom dcmread(stop_before_pixels) loop": lambda: [
             pydicom.dcmread(p, stop_before_pixels=True) for p in dicom_scan.list_files(root, True)

@@ -9,11 +9,26 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+
+@contextlib.contextmanager
+def _usage_errors() -> Iterator[None]:
+    """The project's errors (bad config, model, scan or option) as ``error: ...`` and exit code 2."""
+    from medres3d.errors import MedRes3DError
+
+    try:
+        yield
+    except MedRes3DError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+
 
 app = typer.Typer(
     name="medres3d",
@@ -40,16 +55,12 @@ def train(
 
     Example: torchrun --nproc_per_node 4 -m medres3d.cli train sample_configs/ct_resnet18_hu_window.yaml
     """
-    from medres3d.errors import MedRes3DError
     from medres3d.training import Trainer
     from medres3d.training.config import load_config
 
-    try:
+    with _usage_errors():
         train_config = load_config(config)
         result = Trainer(train_config, resume=resume, progress=not no_progress).fit()
-    except MedRes3DError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
     from medres3d.runtime import process_place
 
     if process_place().rank != 0:
@@ -120,12 +131,11 @@ def summary(
 
     Example: medres3d summary --input-size 224 224 64 3 --classes 10 --stack-depth 3,4,23,3
     """
-    from medres3d.errors import MedRes3DError
 
     options: dict = {}
     size: list[int] | None = list(input_size) if input_size else None
     num_classes = classes
-    try:
+    with _usage_errors():
         if config is not None:
             from medres3d.training.config import load_config
 
@@ -159,9 +169,6 @@ def summary(
         with torch.device("meta"):
             net = resnet3d(size or [224, 224, 64, 3], num_classes or 10, **options)
         typer.echo(str(analyze(net)))
-    except MedRes3DError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
 
 
 # --- inference: predict, batch, explain (owned by the inference part) ---------------------------
@@ -201,16 +208,12 @@ def predict(
     """
     import json
 
-    from medres3d.errors import MedRes3DError
     from medres3d.inference.classifier import Classifier
 
-    try:
+    with _usage_errors():
         clf = Classifier.load(model, device=device, overlap=overlap, aggregate=aggregate,
                               negative_class=negative_class, evidence=False)
         predictions = list(clf.predict_many(scans, workers=workers))
-    except MedRes3DError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
     if json_lines:
         for scan, p in zip(scans, predictions, strict=True):
             record = {"scan": str(scan), "status": p.status, "error": p.error, "label": p.label,
@@ -278,13 +281,12 @@ def batch(
 
     Example: medres3d batch model.safetensors /data/incoming --out results.csv --modality CT --resume
     """
-    from medres3d.errors import MedRes3DError
     from medres3d.inference.batch import run_batch
 
     if workers == 0 and scan_timeout:
         typer.echo("note: with --workers 0 scans load in this process: --scan-timeout is not enforced",
                    err=True)
-    try:
+    with _usage_errors():
         summary = run_batch(
             model, root, out, fmt=fmt, resume=resume, workers=workers, scan_timeout=scan_timeout,
             device=device, modality=modality,
@@ -292,9 +294,6 @@ def batch(
             include_localizers=include_localizers, fsync=fsync, progress=not no_progress,
             classifier_options={"aggregate": aggregate, "negative_class": negative_class},
         )
-    except MedRes3DError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
     if summary.rank == 0:
         typer.echo(
             f"{summary.total} scan(s) selected ({summary.excluded} excluded by the options, "
@@ -321,13 +320,9 @@ def demo(
     Example: medres3d demo --out demo-out --quick
     """
     from medres3d.demo import run_demo
-    from medres3d.errors import MedRes3DError
 
-    try:
+    with _usage_errors():
         report = run_demo(out, quick=quick, seed=seed, log=lambda line: typer.echo(line, err=True))
-    except MedRes3DError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
     typer.echo(report.summary())
 
 @app.command()
@@ -343,20 +338,16 @@ def explain(
 
     Example: medres3d explain model.safetensors scan.nii.gz --out heatmap.nii.gz --png heatmap.png
     """
-    from medres3d.errors import MedRes3DError
     from medres3d.inference.classifier import Classifier
     from medres3d.inference.gradcam import explain as grad_cam
     from medres3d.inference.gradcam import save_overlay_png
 
-    try:
+    with _usage_errors():
         clf = Classifier.load(model, device=device, evidence=False)
         explanation = grad_cam(clf, scan, class_name=class_name)
         explanation.save(out)
         if png is not None:
             save_overlay_png(explanation, png)
-    except MedRes3DError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
     probability = explanation.probabilities[explanation.label]
     typer.echo(f"{scan}: Grad-CAM of '{explanation.label}' (p = {probability:.3f}) at {explanation.layer}, "
                f"{explanation.num_windows} window(s) -> {out}" + (f", {png}" if png else ""))

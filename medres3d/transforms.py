@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from medres3d._checks import check_choice
 from medres3d.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -97,13 +98,13 @@ class PreprocessingSpec:
         set_field = object.__setattr__  # frozen: normalized values are stored once, here
         set_field(self, "orientation", _orientation(self.orientation))
         set_field(self, "spacing", _floats3("spacing", self.spacing, positive=True))
-        set_field(self, "interpolation", _choice("interpolation", self.interpolation, INTERPOLATIONS))
-        set_field(self, "intensity", _choice("intensity", self.intensity, INTENSITY_MODES))
+        set_field(self, "interpolation", check_choice("interpolation", self.interpolation, INTERPOLATIONS))
+        set_field(self, "intensity", check_choice("intensity", self.intensity, INTENSITY_MODES))
         set_field(self, "window", _range("window", self.window))
         set_field(self, "output_range", _range("output_range", self.output_range, allow_none=False))
         set_field(self, "foreground_threshold", _finite("foreground_threshold", self.foreground_threshold))
         set_field(self, "spatial_size", _ints3("spatial_size", self.spatial_size))
-        set_field(self, "size_mode", _choice("size_mode", self.size_mode, SIZE_MODES))
+        set_field(self, "size_mode", check_choice("size_mode", self.size_mode, SIZE_MODES))
         set_field(self, "background_value", _finite("background_value", self.background_value))
         if self.intensity == "ct-window" and self.window is None:
             raise ConfigError("intensity='ct-window' needs window=(low, high) in HU, got window=None")
@@ -310,12 +311,6 @@ def _orientation(value: Any) -> str | None:
             f"orientation {value!r} must hold one letter of each pair L/R, P/A, I/S (e.g. 'RAS', 'LPS')"
         )
     return code
-
-
-def _choice(name: str, value: Any, valid: Sequence[str]) -> str:
-    if value not in valid:
-        raise ConfigError(f"{name} must be one of {list(valid)}, got {value!r}")
-    return value
 
 
 def _finite(name: str, value: Any) -> float:

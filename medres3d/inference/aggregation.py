@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from medres3d._checks import check_choice
 from medres3d.errors import ConfigError
 
 AGGREGATIONS = ("mean", "max", "logit-mean", "any")
@@ -54,8 +55,7 @@ def aggregate_windows(
         >>> aggregate_windows(logits, "any", negative_class=0)[0]
         tensor([0.2689, 0.7311])
     """
-    if aggregate not in AGGREGATIONS:
-        raise ConfigError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+    check_choice("aggregate", aggregate, AGGREGATIONS)
     if window_logits.ndim != 2 or window_logits.shape[0] == 0:
         raise ConfigError(f"window_logits must be (W>0, K), got shape {tuple(window_logits.shape)}")
     num_classes = window_logits.shape[1]

@@ -16,16 +16,17 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from medres3d.errors import ConfigError, OutputWriteError
+from medres3d._atomic import write_atomically
+from medres3d._progress import progress_bar
+from medres3d.errors import ConfigError
 from medres3d.inference.batch_output import ResultWriter, format_for, read_results, result_columns
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -328,12 +329,14 @@ def run_batch(
         summary.done_before = len(mine) - len(todo)
         summary.ok_in_output = sum(previous.get(item.id) == "ok" for item in mine)
         predictions = clf.predict_many((item.scan for item in todo), workers=workers, timeout=scan_timeout)
-        with _progress(len(todo), enabled=progress and rank == 0) as advance:
+        with progress_bar(progress and rank == 0, eta=True) as bar:
+            task = bar.add_task("classifying", total=len(todo)) if bar is not None else None
             for row in _rows(todo, predictions, clf.class_names):
                 writer.write(row)
                 summary.ok += row["status"] == "ok"
                 summary.errors += row["status"] == "error"
-                advance()
+                if bar is not None:
+                    bar.advance(task)
     summary.ok_in_output += summary.ok
     summary.warmup_seconds = clf.warmup_seconds or 0.0
     if world > 1:
@@ -378,36 +381,12 @@ def merge_parts(
             by_id.update((row["id"], row) for row in read_results(part, fmt))
     position = {item_id: index for index, item_id in enumerate(order)}
     rows = sorted(by_id.values(), key=lambda row: position.get(row["id"], len(position)))
-    temporary = out.with_name(f".{out.name}.merging")
-    with ResultWriter(temporary, columns, fmt) as writer:
-        for row in rows:
-            writer.write(row)
-    try:
-        os.replace(temporary, out)
-        for part in parts:
-            part.unlink(missing_ok=True)
-    except OSError as err:
-        raise OutputWriteError(out, f"cannot put the merged results in place: {err}") from err
+    def write(temporary: str) -> None:
+        with ResultWriter(Path(temporary), columns, fmt) as writer:
+            for row in rows:
+                writer.write(row)
+
+    write_atomically(out, write, "merged results")
+    for part in parts:
+        part.unlink(missing_ok=True)
     return rows
-
-
-@contextlib.contextmanager
-def _progress(total: int, *, enabled: bool) -> Iterator[Callable[[], None]]:
-    """A Rich progress bar with ETA on stderr (or nothing); yields the function that advances it."""
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("[bold]classifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True)) as bar:
-        task = bar.add_task("batch", total=total)
-        yield lambda: bar.advance(task)

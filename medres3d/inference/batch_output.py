@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medres3d._checks import check_choice
 from medres3d.errors import ConfigError, OutputWriteError
 
 IDENTIFIER_COLUMNS = (
@@ -74,8 +75,7 @@ def format_for(path: str | os.PathLike[str], fmt: str | None = None) -> str:
         ('jsonl', 'csv')
     """
     if fmt is not None:
-        if fmt not in FORMATS:
-            raise ConfigError(f"format must be one of {FORMATS}, got {fmt!r}")
+        check_choice("format", fmt, FORMATS)
         return fmt
     return "jsonl" if Path(path).suffix.lower() in (".jsonl", ".ndjson") else "csv"
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from medres3d._checks import check_choice
 from medres3d.errors import ConfigError
 from medres3d.inference.aggregation import AGGREGATIONS, resolve_negative_class
 from medres3d.inference.evidence import EvidenceMap, evidence_map
@@ -125,8 +126,7 @@ class Classifier:
             raise ConfigError(
                 f"{len(class_names)} class names given for a network with {num_classes} outputs"
             )
-        if aggregate not in AGGREGATIONS:
-            raise ConfigError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+        check_choice("aggregate", aggregate, AGGREGATIONS)
         # checked here, not at the first scan: predict_many turns per-scan failures into error rows
         if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 1.0:
             raise ConfigError(f"overlap must be a number in [0, 1), got {overlap!r}")

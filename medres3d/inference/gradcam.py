@@ -111,26 +111,21 @@ def _window_cams(
     device: torch.device,
 ) -> tuple[np.ndarray, int]:
     """Raw Grad-CAM per window, overlap-averaged onto the tensor's grid: (X, Y, Z), number of windows."""
-    import torch
     from monai.visualize import GradCAM
 
+    from medres3d.inference.sliding_window import window_batches
     from medres3d.inference.windows import WindowGrid, clip_box
 
     grid = WindowGrid.create(tuple(tensor.shape[1:]), tuple(net.spatial_size), overlap)
     cam = GradCAM(nn_module=net, target_layers=layer, postprocessing=lambda x: x)
     total = np.zeros(grid.image_size, dtype=np.float64)
     count = np.zeros(grid.image_size, dtype=np.float64)
-    boxes = list(grid.boxes())
-    for first in range(0, len(boxes), batch_size):
-        chunk = boxes[first : first + batch_size]
-        batch = torch.full((len(chunk), tensor.shape[0], *grid.window_size), float(background_value))
-        for row, box in enumerate(chunk):
-            source, target = clip_box(box, grid.image_size)
-            batch[(row, slice(None), *target)] = tensor[(slice(None), *source)]
-        maps = cam(batch.to(device), class_idx=class_index).detach().float().cpu().numpy()[:, 0]
-        for row, box in enumerate(chunk):
-            source, target = clip_box(box, grid.image_size)
-            total[source] += maps[(row, *target)]
+    boxes = iter(grid.boxes())
+    for batch in window_batches(tensor.float(), grid, batch_size, float(background_value), device):
+        maps = cam(batch.clone(), class_idx=class_index).detach().float().cpu().numpy()[:, 0]
+        for window in maps:
+            source, target = clip_box(next(boxes), grid.image_size)
+            total[source] += window[target]
             count[source] += 1
     return total / np.maximum(count, 1), grid.num_windows
 

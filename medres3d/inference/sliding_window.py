@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medres3d._checks import check_choice
 from medres3d.errors import ConfigError, NetworkOutputError
 from medres3d.inference.aggregation import AGGREGATIONS, aggregate_windows
 from medres3d.inference.windows import WindowGrid, clip_box
@@ -87,17 +88,24 @@ def _check_inputs(tensor: torch.Tensor, net: nn.Module, window: tuple[int, ...])
         raise ConfigError(f"tensor has {tensor.shape[0]} channels but the network expects {in_channels}")
 
 
-def _window_batches(
+def window_batches(
     volume: torch.Tensor,
     grid: WindowGrid,
     batch_size: int,
     background_value: float,
     device: torch.device,
 ) -> Iterator[torch.Tensor]:
-    """Yield batches of windows on ``device``, cut lazily into reused buffers.
+    """Yield batches of windows on ``device``, in ``grid.boxes()`` order, cut lazily into reused buffers.
 
     Only the buffers (two when staging through pinned memory, else one) and the volume itself are
-    ever held, whatever the number of windows.
+    ever held, whatever the number of windows; a batch is valid until the next one is asked for.
+    The part of a window outside the volume is ``background_value``.
+
+    Example:
+        >>> grid = WindowGrid.create((20, 8, 8), (16, 8, 8), 0.5)
+        >>> batches = window_batches(torch.zeros(1, 20, 8, 8), grid, 8, 0.0, torch.device("cpu"))
+        >>> [tuple(batch.shape) for batch in batches]
+        [(2, 1, 16, 8, 8)]
     """
     shape = (batch_size, volume.shape[0], *grid.window_size)
     staged = volume.device.type == "cpu" and device.type == "cuda"
@@ -193,8 +201,7 @@ def sliding_window_classify(
     _check_inputs(tensor, net, window)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if aggregate not in AGGREGATIONS:
-        raise ConfigError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+    check_choice("aggregate", aggregate, AGGREGATIONS)
     target = resolve_device(device) if device is not None else _network_device(net)
     if _network_device(net) != target:
         net.to(target)
@@ -213,7 +220,7 @@ def sliding_window_classify(
     weight_parts: list[torch.Tensor] = []
     try:
         with torch.inference_mode(), precision:
-            for batch in _window_batches(tensor, grid, batch_size, background_value, target):
+            for batch in window_batches(tensor, grid, batch_size, background_value, target):
                 if weight_by_foreground:
                     weight_parts.append((batch != background_value).flatten(1).float().mean(dim=1))
                 if memory_format is not None:

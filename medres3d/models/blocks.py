@@ -18,45 +18,21 @@ from torch import nn
 from medres3d.models.layers import Add, SameConv3d
 
 
-class _ResidualBlock(nn.Module):
-    """Shared shortcut logic; subclasses build the main branch and call :meth:`_finish`."""
+class BottleneckBlock(nn.Module):
+    """1x1x1 (stride here: "downsample-first-conv") -> 3x3x3 -> 1x1x1 with 4x filters, plus shortcut.
 
-    expansion = 1
-
-    def __init__(self, in_channels: int, filters: int, stride: int, bn_after_add: bool) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = filters * self.expansion
-        self.bn_after_add = bn_after_add
-        self._needs_projection = stride != 1 or in_channels != self.out_channels
-
-    def _add_shortcut(self, stride: int) -> None:
-        # MATLAB's projection: 1x1x1 conv (+ BN unless the BN sits after the addition).
-        if self._needs_projection:
-            self.skip_conv = SameConv3d(self.in_channels, self.out_channels, 1, stride)
-            if not self.bn_after_add:
-                self.skip_bn = nn.BatchNorm3d(self.out_channels)
-
-    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._needs_projection:
-            return x
-        x = self.skip_conv(x)
-        return x if self.bn_after_add else self.skip_bn(x)
-
-    def _finish(self, main: torch.Tensor, x: torch.Tensor, last_bn: nn.Module, relu: nn.Module
-                ) -> torch.Tensor:
-        if self.bn_after_add:
-            return relu(last_bn(self.add(main, self._shortcut(x))))
-        return relu(self.add(last_bn(main), self._shortcut(x)))
-
-
-class BottleneckBlock(_ResidualBlock):
-    """1x1x1 (stride here: "downsample-first-conv") -> 3x3x3 -> 1x1x1 with 4x filters, plus shortcut."""
+    The shortcut is the identity, or MATLAB's projection (a 1x1x1 convolution ``skip_conv``, and
+    ``skip_bn`` unless the BatchNorm sits after the addition) when the stride or width changes.
+    """
 
     expansion = 4
 
     def __init__(self, in_channels: int, filters: int, stride: int = 1, bn_after_add: bool = False) -> None:
-        super().__init__(in_channels, filters, stride, bn_after_add)
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = filters * self.expansion
+        self.bn_after_add = bn_after_add
+        self.projected = stride != 1 or in_channels != self.out_channels
         self.conv1 = SameConv3d(in_channels, filters, 1, stride)
         self.bn1 = nn.BatchNorm3d(filters)
         self.relu1 = nn.ReLU(inplace=True)
@@ -68,21 +44,39 @@ class BottleneckBlock(_ResidualBlock):
         self.bn3 = nn.BatchNorm3d(self.out_channels)
         self.add = Add()
         self.relu3 = nn.ReLU(inplace=True)
-        self._add_shortcut(stride)
+        if self.projected:
+            self.skip_conv = SameConv3d(in_channels, self.out_channels, 1, stride)
+            if not bn_after_add:
+                self.skip_bn = nn.BatchNorm3d(self.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu1(self.bn1(self.conv1(x)))
         y = self.relu2(self.bn2(self.conv2(y)))
-        return self._finish(self.conv3(y), x, self.bn3, self.relu3)
+        y = self.conv3(y)
+        shortcut = x
+        if self.projected:
+            shortcut = self.skip_conv(x)
+            if not self.bn_after_add:
+                shortcut = self.skip_bn(shortcut)
+        if self.bn_after_add:
+            return self.relu3(self.bn3(self.add(y, shortcut)))
+        return self.relu3(self.add(self.bn3(y), shortcut))
 
 
-class BasicBlock(_ResidualBlock):
-    """Two 3x3x3 convolutions (stride in the first), plus shortcut (BottleneckType "none")."""
+class BasicBlock(nn.Module):
+    """Two 3x3x3 convolutions (stride in the first), plus shortcut (BottleneckType "none").
+
+    The shortcut is as in :class:`BottleneckBlock`.
+    """
 
     expansion = 1
 
     def __init__(self, in_channels: int, filters: int, stride: int = 1, bn_after_add: bool = False) -> None:
-        super().__init__(in_channels, filters, stride, bn_after_add)
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = filters * self.expansion
+        self.bn_after_add = bn_after_add
+        self.projected = stride != 1 or in_channels != self.out_channels
         self.conv1 = SameConv3d(in_channels, filters, 3, stride)
         self.bn1 = nn.BatchNorm3d(filters)
         self.relu1 = nn.ReLU(inplace=True)
@@ -90,8 +84,19 @@ class BasicBlock(_ResidualBlock):
         self.bn2 = nn.BatchNorm3d(filters)
         self.add = Add()
         self.relu2 = nn.ReLU(inplace=True)
-        self._add_shortcut(stride)
+        if self.projected:
+            self.skip_conv = SameConv3d(in_channels, self.out_channels, 1, stride)
+            if not bn_after_add:
+                self.skip_bn = nn.BatchNorm3d(self.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu1(self.bn1(self.conv1(x)))
-        return self._finish(self.conv2(y), x, self.bn2, self.relu2)
+        y = self.conv2(y)
+        shortcut = x
+        if self.projected:
+            shortcut = self.skip_conv(x)
+            if not self.bn_after_add:
+                shortcut = self.skip_bn(shortcut)
+        if self.bn_after_add:
+            return self.relu2(self.bn2(self.add(y, shortcut)))
+        return self.relu2(self.add(self.bn2(y), shortcut))

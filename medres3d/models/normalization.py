@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medres3d._checks import check_choice
 from medres3d.errors import ConfigError, NormalizationNotFittedError
 from medres3d.models.options import NORMALIZATIONS
 
@@ -49,9 +50,7 @@ class InputNormalization(nn.Module):
 
     def __init__(self, mode: str = "zerocenter", num_channels: int = 1) -> None:
         super().__init__()
-        if mode not in NORMALIZATIONS:
-            raise ConfigError(f"normalization must be one of {', '.join(map(repr, NORMALIZATIONS))}, "
-                              f"got {mode!r}")
+        check_choice("normalization", mode, NORMALIZATIONS)
         if not isinstance(num_channels, int) or isinstance(num_channels, bool) or num_channels < 1:
             raise ConfigError(f"num_channels must be a positive integer, got {num_channels!r}")
         self.mode = mode

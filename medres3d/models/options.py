@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from medres3d._checks import check_choice
 from medres3d.errors import ConfigError
 
 POOLING_TYPES = ("max", "average", "none")
@@ -69,14 +70,6 @@ def _int_vector(name: str, value: Any, lengths: tuple[int, ...], *, scalar_ok: b
     return tuple(int(v) for v in items)
 
 
-def _choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        hint = difflib.get_close_matches(str(value).lower(), valid, n=1, cutoff=0.6)
-        extra = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise ConfigError(f"{name} must be one of {', '.join(map(repr, valid))}, got {value!r}{extra}")
-    return value
-
-
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
@@ -120,10 +113,10 @@ class ResNet3DConfig:
                                                scalar_ok=True))
         fix("initial_num_filters", _positive_int("initial_num_filters", self.initial_num_filters))
         fix("initial_stride", _int_vector("initial_stride", self.initial_stride, (3,), scalar_ok=True))
-        _choice("initial_pooling", self.initial_pooling, POOLING_TYPES)
-        _choice("residual_block_type", self.residual_block_type, RESIDUAL_BLOCK_TYPES)
-        _choice("bottleneck_type", self.bottleneck_type, BOTTLENECK_TYPES)
-        _choice("normalization", self.normalization, NORMALIZATIONS)
+        check_choice("initial_pooling", self.initial_pooling, POOLING_TYPES)
+        check_choice("residual_block_type", self.residual_block_type, RESIDUAL_BLOCK_TYPES)
+        check_choice("bottleneck_type", self.bottleneck_type, BOTTLENECK_TYPES)
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
         fix("stack_depth", _int_vector("stack_depth", self.stack_depth, (), scalar_ok=False))
         fix("num_filters", _int_vector("num_filters", self.num_filters, (), scalar_ok=False))
         if len(self.stack_depth) != len(self.num_filters):

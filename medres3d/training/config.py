@@ -24,12 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from medres3d.errors import ConfigError
+from medres3d.models.options import BOTTLENECK_TYPES, NORMALIZATIONS, POOLING_TYPES, RESIDUAL_BLOCK_TYPES
 from medres3d.transforms import PreprocessingSpec
 
-PoolingType = Literal["max", "average", "none"]
-ResidualBlockType = Literal["batchnorm-before-add", "batchnorm-after-add"]
-BottleneckType = Literal["downsample-first-conv", "none"]
-Normalization = Literal["zerocenter", "zscore", "rescale-symmetric", "rescale-zero-one", "none"]
+# The builder's own option tuples, so that a config accepts exactly what resnet3d() does.
+PoolingType = Literal[POOLING_TYPES]  # type: ignore[valid-type]
+ResidualBlockType = Literal[RESIDUAL_BLOCK_TYPES]  # type: ignore[valid-type]
+BottleneckType = Literal[BOTTLENECK_TYPES]  # type: ignore[valid-type]
+Normalization = Literal[NORMALIZATIONS]  # type: ignore[valid-type]
 MonitorMetric = Literal["val_loss", "val_accuracy", "val_balanced_accuracy", "val_auc"]
 
 

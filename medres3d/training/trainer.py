@@ -40,7 +40,6 @@ import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,6 +49,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from medres3d._atomic import write_atomically
+from medres3d._progress import progress_bar
 from medres3d.errors import ConfigError, ManifestError, ModelFileError
 from medres3d.training import checkpoint as ckpt
 from medres3d.training import datasets, manifest
@@ -135,6 +136,50 @@ def weights_sha256(module: nn.Module) -> str:
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+@dataclass
+class RunState:
+    """The loop state of a run that a resume needs: the epochs' rows and early stopping's bookkeeping.
+
+    Stored in the checkpoint under the same keys as its fields (:meth:`to_checkpoint`).
+
+    Example:
+        >>> RunState().to_checkpoint()["epoch"]
+        0
+    """
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0  # the last epoch run
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    best_state: dict[str, torch.Tensor] | None = None  # the best epoch's weights, on the CPU
+    bad_epochs: int = 0  # epochs since the monitored metric last improved
+    stopped_early: bool = False
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> RunState:
+        """The loop state saved in a checkpoint dict."""
+        return cls(history=list(state["history"]), epoch=int(state["epoch"]),
+                   best_metric=state["best_metric"], best_epoch=state["best_epoch"],
+                   best_state=state["best_state"], bad_epochs=state["bad_epochs"],
+                   stopped_early=bool(state["stopped_early"]))  # fmt: skip
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint entries of this state."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    def record(self, row: dict[str, Any], net: nn.Module, stopping: Any) -> None:
+        """Add one epoch's ``row``; keep the weights when the monitored metric improved."""
+        self.history.append(row)
+        self.epoch = row["epoch"]
+        value = row.get(stopping.metric)
+        if value is not None and _improved(value, self.best_metric, stopping.metric, stopping.min_delta):
+            self.best_metric, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        self.stopped_early = stopping.patience is not None and self.bad_epochs >= stopping.patience
 
 
 class Trainer:
@@ -501,25 +546,20 @@ class Trainer:
         weights = self._class_weights(data)
         criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(ctx.device))
 
-        history: list[dict[str, Any]] = []
-        start, best_metric, best_epoch, best_state, bad_epochs = 0, None, None, None, 0
-        stopped_early = False
+        run = RunState()
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None and state["scheduler"] is not None:
                 scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
-            history, start = list(state["history"]), int(state["epoch"])
-            best_metric, best_epoch = state["best_metric"], state["best_epoch"]
-            best_state, bad_epochs = state["best_state"], state["bad_epochs"]
-            stopped_early = bool(state["stopped_early"])
+            run = RunState.from_checkpoint(state)
             ckpt.set_rng_state(state["rng"])
 
-        monitor, patience = t.early_stopping.metric, t.early_stopping.patience
+        start = run.epoch
         last = t.epochs if until_epoch is None else min(t.epochs, until_epoch)
-        if stopped_early:  # resuming a run that early stopping ended: only the final steps remain
+        if run.stopped_early:  # resuming a run that early stopping ended: only the final steps remain
             last = start
-        with _progress(self.progress and self.verbose and ctx.is_main) as progress:
+        with progress_bar(self.progress and self.verbose and ctx.is_main, transient=True) as progress:
             self._bar = progress
             for epoch in range(start + 1, last + 1):
                 began = time.perf_counter()
@@ -533,54 +573,44 @@ class Trainer:
                 val, _ = self._validate(net, data, spec, ctx)
                 row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_accuracy": train_acc, **val,
                        "seconds": round(time.perf_counter() - began, 3)}
-                history.append(row)
-                value = row.get(monitor)
-                if value is not None and _improved(value, best_metric, monitor, t.early_stopping.min_delta):
-                    best_metric, best_epoch, bad_epochs = value, epoch, 0
-                    best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-                else:
-                    bad_epochs += 1
-                stopped_early = patience is not None and bad_epochs >= patience
+                run.record(row, net, t.early_stopping)
                 if ctx.is_main:
-                    _write_metrics(self.run_dir / "metrics.csv", history)
+                    _write_metrics(self.run_dir / "metrics.csv", run.history)
                     ckpt.save_checkpoint(checkpoint_path, {
-                        "epoch": epoch, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                        **run.to_checkpoint(), "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": None if scheduler is None else scheduler.state_dict(),
-                        "scaler": scaler.state_dict(), "history": history, "best_metric": best_metric,
-                        "best_epoch": best_epoch, "best_state": best_state, "bad_epochs": bad_epochs,
-                        "stopped_early": stopped_early, "class_names": data.class_names,
+                        "scaler": scaler.state_dict(), "class_names": data.class_names,
                         "model_config": net.config.to_dict(), "rng": ckpt.rng_state()})
                     self._log(ctx, _epoch_line(row, t.epochs))
                 mdist.barrier(ctx)
-                if stopped_early:
+                if run.stopped_early:
                     break
         self._bar = None
 
-        epochs_run = history[-1]["epoch"] if history else start
-        if not stopped_early and epochs_run < t.epochs:
-            return TrainResult(self.run_dir, None, False, epochs_run, best_epoch, False, history,
+        if not run.stopped_early and run.epoch < t.epochs:
+            return TrainResult(self.run_dir, None, False, run.epoch, run.best_epoch, False, run.history,
                                class_names=data.class_names, weights_sha256=weights_sha256(net),
-                               best_metrics=_logged_metrics(history, best_epoch),
+                               best_metrics=_logged_metrics(run.history, run.best_epoch),
                                class_counts=data.class_counts())
-        return self._finish(net, data, spec, ctx, history, best_state, best_epoch, stopped_early)
+        return self._finish(net, data, spec, ctx, run)
 
-    def _finish(self, net: nn.Module, data: _Data, spec: Any, ctx: mdist.DistContext,
-                history: list[dict[str, Any]], best_state: dict[str, torch.Tensor] | None,
-                best_epoch: int | None, stopped_early: bool) -> TrainResult:
+    def _finish(self, net: nn.Module, data: _Data, spec: Any, ctx: mdist.DistContext, run: RunState
+                ) -> TrainResult:
         from medres3d import __version__
         from medres3d.modelfile import save_model
         from medres3d.training.plots import plot_confusion_matrix, plot_training_curves
 
         cfg, t = self.config, self.config.training
-        saved_epoch = history[-1]["epoch"]
-        if t.output_network == "best" and best_state is not None:
-            net.load_state_dict(best_state)
+        history, best_epoch, stopped_early = run.history, run.best_epoch, run.stopped_early
+        saved_epoch = run.epoch
+        if t.output_network == "best" and run.best_state is not None:
+            net.load_state_dict(run.best_state)
             saved_epoch = best_epoch
         if t.population_bn_stats:
             self._population_bn(net, data, ctx)
         final, counts = self._validate(net, data, spec, ctx)
         digests = mdist.all_gather(ctx, weights_sha256(net))
-        result = TrainResult(self.run_dir, None, True, history[-1]["epoch"], best_epoch, stopped_early,
+        result = TrainResult(self.run_dir, None, True, run.epoch, best_epoch, stopped_early,
                              history, final, data.class_names, digests[0],
                              best_metrics=_logged_metrics(history, best_epoch), saved_epoch=saved_epoch,
                              class_counts=data.class_counts())
@@ -605,7 +635,9 @@ class Trainer:
             }
             save_model(net, self.run_dir / "model.safetensors", class_names=data.class_names,
                        preprocessing=spec, training=training)
-            (self.run_dir / "config.yaml").write_text(resolved.to_yaml(), encoding="utf-8")
+            text = resolved.to_yaml()
+            write_atomically(self.run_dir / "config.yaml",
+                             lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), "run config")
             plot_training_curves(history, self.run_dir / "training_curves.png")
             if counts is not None:
                 plot_confusion_matrix(counts, data.class_names, self.run_dir / "confusion_matrix.png")
@@ -638,13 +670,14 @@ def _improved(value: float, best: float | None, metric: str, min_delta: float) -
 
 
 def _write_metrics(path: Path, history: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: "" if row.get(k) is None else row[k] for k in METRIC_COLUMNS})
-    tmp.replace(path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            for row in history:
+                writer.writerow({k: "" if row.get(k) is None else row[k] for k in METRIC_COLUMNS})
+
+    write_atomically(path, write, "metrics file")
 
 
 def _logged_metrics(history: Sequence[dict[str, Any]], epoch: int | None) -> dict[str, float | None]:
@@ -674,12 +707,4 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
             f"val_auc {fmt(row['val_auc'])}  lr {row['lr']:.3g}  ({row['seconds']:.1f} s)")
 
 
-def _progress(enabled: bool) -> Any:
-    """A Rich progress bar on stderr, only when it is a terminal (logs get plain lines instead)."""
-    if not (enabled and sys.stderr.isatty()):
-        return nullcontext(None)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True, console=Console(stderr=True))

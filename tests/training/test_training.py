@@ -236,13 +236,13 @@ def test_a_progress_bar_only_on_a_terminal(monkeypatch):
 
     from rich.progress import Progress
 
-    from medres3d.training import trainer as training
+    from medres3d._progress import progress_bar
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
 
     monkeypatch.setattr("sys.stderr", io.StringIO())
-    assert training._progress(True).__enter__() is None
+    assert progress_bar(True).__enter__() is None
     monkeypatch.setattr("sys.stderr", Terminal())
-    assert isinstance(training._progress(True), Progress) and training._progress(False).__enter__() is None
+    assert isinstance(progress_bar(True), Progress) and progress_bar(False).__enter__() is None

@@ -38,7 +38,7 @@ import re
 import stat
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,8 +72,6 @@ def scan_dicom_tree(
     root: str | os.PathLike[str],
     recursive: bool = True,
     workers: int | None = None,
-    *,
-    processes: bool = False,
 ) -> DicomScan:
     """Scan a folder (or one file) for DICOM image series, reading headers only.
 
@@ -83,9 +81,8 @@ def scan_dicom_tree(
         workers: parallel header readers (threads); None: one per CPU, 1 reads serially. Threads
             overlap the file reads of a cold cache or a network share; on cached local files
             the parsing (Python, under the GIL) dominates and they cost about as much as serial.
-        processes: parse in worker processes instead of threads. Measured slower on a 2-core
-            machine (process start-up and result pickling outweigh the parsing, which is fast);
-            may pay off for huge trees on many cores.
+            (Worker processes were measured slower still on 2 cores, and forking a busy process is
+            the hazard of issue 10: there is no process option.)
 
     Returns:
         A DicomScan: ``series`` sorted by patient, study, series number and uid; ``skipped`` sorted
@@ -106,7 +103,7 @@ def scan_dicom_tree(
         paths = list_files(root, recursive, irregular)
     else:
         raise CorruptFileError(root, "no such file or folder")
-    scan = scan_files(paths, workers, processes=processes)
+    scan = scan_files(paths, workers)
     if not irregular:
         return scan
     return DicomScan(scan.series, sorted(scan.skipped + irregular, key=lambda s: str(s.path)))
@@ -165,29 +162,23 @@ def _irregular_reason(path: Path) -> str | None:
     return f"not a regular file ({kind}); not opened"
 
 
-def scan_files(paths: Sequence[Path], workers: int | None = None, *, processes: bool = False) -> DicomScan:
+def scan_files(paths: Sequence[Path], workers: int | None = None) -> DicomScan:
     """Read the headers of ``paths`` in parallel and group them (the core of :func:`scan_dicom_tree`)."""
-    results = read_headers(paths, workers, processes=processes)
+    results = read_headers(paths, workers)
     headers = [r for r in results if isinstance(r, FileHeader)]
     skipped = [r for r in results if isinstance(r, SkippedFile)]
     series, more_skipped = group_series(headers)
     return DicomScan(series=series, skipped=sorted(skipped + more_skipped, key=lambda s: str(s.path)))
 
 
-def read_headers(
-    paths: Sequence[Path], workers: int | None = None, *, processes: bool = False
-) -> list[FileHeader | SkippedFile]:
-    """:func:`read_header` over ``paths``, in input order, with threads (or processes)."""
+def read_headers(paths: Sequence[Path], workers: int | None = None) -> list[FileHeader | SkippedFile]:
+    """:func:`read_header` over ``paths``, in input order, with threads."""
     if workers is None:
         workers = os.cpu_count() or 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer or None, got {workers!r}")
     if workers == 1 or len(paths) < 8:
         return [read_header(p) for p in paths]
-    if processes:
-        chunk = max(16, len(paths) // (workers * 4))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(read_header, paths, chunksize=chunk))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(read_header, paths))
 

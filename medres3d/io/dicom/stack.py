@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from medres3d._checks import check_choice
 from medres3d.errors import ConfigError, CorruptFileError, SeriesGeometryError, UnsupportedFormatError
 from medres3d.io.dicom.geometry import StackPlan, plan_stack
 from medres3d.io.dicom.pixels import rescale_into, stored_range
@@ -94,8 +95,7 @@ def resolve_dtype(
     in PixelRepresentation or BitsStored, and a value outside the chosen type would wrap silently.
     """
     name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
-    if name not in _DTYPES:
-        raise ConfigError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    check_choice("dtype", name, _DTYPES)
     if name != "native":
         return np.dtype(name), None
     slopes = {s.slope for s in sources}
