@@ -19,13 +19,23 @@ def _is_helper(process: psutil.Process) -> bool:
 def loader_workers(pid: int | None = None) -> list[int]:
     """The loader worker processes under ``pid`` (default: this process), however deep they are.
 
-    Loader workers are forked from a fork server (a child of ``pid``), so they are grandchildren.
+    Loader workers are forked from a fork server (a child of ``pid``), so they are grandchildren,
+    and share the server's command line; under ``spawn`` they are plain children.
     """
     try:
         descendants = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-    return [p.pid for p in descendants if not _is_helper(p)]
+    servers = {p.pid for p in descendants if _is_helper(p)}
+    workers = []
+    for process in descendants:
+        try:
+            parent = process.ppid()
+        except psutil.NoSuchProcess:
+            continue
+        if parent in servers or not _is_helper(process):
+            workers.append(process.pid)
+    return workers
 
 
 def all_descendants(pid: int | None = None) -> list[int]:
