@@ -18,6 +18,18 @@ from torch import nn
 from medres3d.models.layers import Add, SameConv3d
 
 
+def _add_projection(block: nn.Module, stride: int) -> None:
+    """MATLAB's projection shortcut: a 1x1x1 convolution, and its BN unless the BN sits after the add."""
+    block.skip_conv = SameConv3d(block.in_channels, block.out_channels, 1, stride)
+    if not block.bn_after_add:
+        block.skip_bn = nn.BatchNorm3d(block.out_channels)
+
+
+def _projected(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    y = block.skip_conv(x)
+    return y if block.bn_after_add else block.skip_bn(y)
+
+
 class BottleneckBlock(nn.Module):
     """1x1x1 (stride here: "downsample-first-conv") -> 3x3x3 -> 1x1x1 with 4x filters, plus shortcut.
 
@@ -45,19 +57,13 @@ class BottleneckBlock(nn.Module):
         self.add = Add()
         self.relu3 = nn.ReLU(inplace=True)
         if self.projected:
-            self.skip_conv = SameConv3d(in_channels, self.out_channels, 1, stride)
-            if not bn_after_add:
-                self.skip_bn = nn.BatchNorm3d(self.out_channels)
+            _add_projection(self, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu1(self.bn1(self.conv1(x)))
         y = self.relu2(self.bn2(self.conv2(y)))
         y = self.conv3(y)
-        shortcut = x
-        if self.projected:
-            shortcut = self.skip_conv(x)
-            if not self.bn_after_add:
-                shortcut = self.skip_bn(shortcut)
+        shortcut = _projected(self, x) if self.projected else x
         if self.bn_after_add:
             return self.relu3(self.bn3(self.add(y, shortcut)))
         return self.relu3(self.add(self.bn3(y), shortcut))
@@ -85,18 +91,12 @@ class BasicBlock(nn.Module):
         self.add = Add()
         self.relu2 = nn.ReLU(inplace=True)
         if self.projected:
-            self.skip_conv = SameConv3d(in_channels, self.out_channels, 1, stride)
-            if not bn_after_add:
-                self.skip_bn = nn.BatchNorm3d(self.out_channels)
+            _add_projection(self, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu1(self.bn1(self.conv1(x)))
         y = self.conv2(y)
-        shortcut = x
-        if self.projected:
-            shortcut = self.skip_conv(x)
-            if not self.bn_after_add:
-                shortcut = self.skip_bn(shortcut)
+        shortcut = _projected(self, x) if self.projected else x
         if self.bn_after_add:
             return self.relu2(self.bn2(self.add(y, shortcut)))
         return self.relu2(self.add(self.bn2(y), shortcut))
