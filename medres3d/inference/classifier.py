@@ -28,7 +28,7 @@ from medres3d._checks import check_choice
 from medres3d.errors import ConfigError
 from medres3d.inference.aggregation import AGGREGATIONS, resolve_negative_class
 from medres3d.inference.evidence import EvidenceMap, evidence_map
-from medres3d.inference.loader_pool import prefetch_prepared, validate_timeout
+from medres3d.inference.loader_pool import loader_context, prefetch_prepared, validate_timeout
 from medres3d.inference.prepare import FailedScan, PreparedScan, describe_error, prepare_or_fail, prepare_scan
 from medres3d.inference.sliding_window import sliding_window_classify
 from medres3d.runtime import resolve_device
@@ -305,6 +305,7 @@ class Classifier:
                 prepare_or_fail(s, self.preprocessing) for s in scans
             )
         else:
+            loader_context()  # the fork server imports its modules while this process warms up
             items = prefetch_prepared(
                 scans, self.preprocessing, workers=workers, prefetch=prefetch, timeout=timeout
             )
