@@ -1,4 +1,4 @@
-"""Other ITK formats (NRRD, MetaImage, GIPL, VTK, MINC...) to a Volume, through SimpleITK.
+"""Other ITK formats (NRRD, MetaImage, GIPL, VTK, MRC, ``.mnc2``...) to a Volume, through SimpleITK.
 
 The header is read first (``ImageFileReader.ReadImageInformation``) so the voxel-count guard
 and the dimension checks run before any voxel is read. ITK's physical space is LPS: a voxel
@@ -26,8 +26,8 @@ from medres3d.io.volume import Volume
 from medres3d.io.voxels import check_finite, resolve_dtype, validate_nan_policy
 
 ITK_SUFFIXES: tuple[str, ...] = (
-    ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".gipl.gz", ".vtk", ".mnc", ".mnc2", ".mrc",
-)
+    ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".gipl.gz", ".vtk", ".mnc2", ".mrc",
+)  # .mnc goes to nibabel (medres3d.io.nibabel_formats), which reads MINC1 as well as MINC2
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 _METAIMAGE_MODALITIES = {"MET_MOD_CT": "CT", "MET_MOD_MR": "MR", "MET_MOD_PET": "PT", "MET_MOD_US": "US"}
 

@@ -99,30 +99,36 @@ def load_nifti(
         img = nib.load(path, mmap=False)
     except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, *_READ_ERRORS) as err:
         raise CorruptFileError(path, f"not a readable NIfTI header: {err}") from err
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+    # Nifti1Image/Nifti2Image (one .nii file) derive from Nifti1Pair (a .hdr/.img pair)
+    if not isinstance(img, nib.Nifti1Pair):
         raise UnsupportedFormatError(path, f"{type(img).__name__} file named like NIfTI; expected NIfTI-1/2")
+    # a pair keeps its header and voxels in two files; a .nii holds both
+    image_path = Path(img.file_map["image"].filename)
+    header_path = Path(img.file_map["header"].filename) if "header" in img.file_map else image_path
+    if image_path != header_path:
+        _check_file_start(image_path)
 
     shape = _checked_shape(img.header, path)
     num_channels = math.prod(shape[3:])
     check_voxel_count((*shape[:3], num_channels), path, max_voxels)
-    _check_data_dtype(img.header.get_data_dtype(), path)
+    check_data_dtype(img.header.get_data_dtype(), path)
     # nibabel's reading of the header (data offset, stored dtype and shape, scaling); after loading,
     # img.header's vox_offset reads 0 and only the proxy keeps where the data starts
     proxy = img.dataobj
     voxel_bytes = math.prod(proxy.shape) * proxy.dtype.itemsize
     data_end = check_byte_count(proxy.offset, voxel_bytes, path, max_bytes)
-    affine, affine_source, warnings = _checked_affine(img, path)
+    affine, affine_source, warnings = _checked_affine(img, header_path)
     try:
-        if path.name.lower().endswith(".gz"):
-            data = _read_gzip_verified(proxy, voxel_bytes, path, out_dtype, warnings)
+        if image_path.name.lower().endswith(".gz"):
+            data = _read_gzip_verified(proxy, voxel_bytes, image_path, out_dtype, warnings)
         else:
-            _check_file_size(path, data_end)
+            check_file_size(image_path, data_end)
             data = _read_voxels(img, out_dtype)
     except MemoryError as err:
         raise ResourceLimitError(path, f"not enough memory for {shape} voxels") from err
     except _READ_ERRORS as err:
         reason = f"cannot read the voxel data (truncated or damaged file?): {err}"
-        raise CorruptFileError(path, reason) from err
+        raise CorruptFileError(image_path, reason) from err
 
     if affine_source == "pixdim":
         warnings.append("sform_code and qform_code are both 0: geometry from pixdim only (no orientation)")
@@ -180,7 +186,8 @@ def _checked_shape(header, path: Path) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def _check_data_dtype(dtype: np.dtype, path: Path) -> None:
+def check_data_dtype(dtype: np.dtype, path: Path) -> None:
+    """Refuse structured (RGB), complex and non-numeric voxel types, naming the file."""
     if dtype.fields is not None:
         raise UnsupportedFormatError(path, f"RGB/structured voxels ({dtype}) are not supported")
     if np.issubdtype(dtype, np.complexfloating):
@@ -270,10 +277,10 @@ def _read_voxels(img, out_dtype: np.dtype | None) -> np.ndarray:
     """The voxels with nibabel's scaling, in ``out_dtype`` (None: nibabel's own choice, native order)."""
     if out_dtype is not None:
         return np.asanyarray(img.dataobj, dtype=out_dtype).astype(out_dtype, copy=False)
-    return _native_or(np.asanyarray(img.dataobj), None)
+    return native_or(np.asanyarray(img.dataobj), None)
 
 
-def _native_or(data: np.ndarray, out_dtype: np.dtype | None) -> np.ndarray:
+def native_or(data: np.ndarray, out_dtype: np.dtype | None) -> np.ndarray:
     """``data`` in ``out_dtype``, or (None) in its own type in native byte order."""
     if out_dtype is not None:
         return data.astype(out_dtype, copy=False)
@@ -315,7 +322,7 @@ def _read_gzip_verified(
             "decompressed, so the gzip CRC was not verified"
         )
     stored = raw.view(proxy.dtype).reshape(proxy.shape, order=proxy.order)
-    return _native_or(apply_read_scaling(stored, proxy.slope, proxy.inter), out_dtype)
+    return native_or(apply_read_scaling(stored, proxy.slope, proxy.inter), out_dtype)
 
 
 def _read_at_most(stream, count: int) -> np.ndarray:
@@ -336,7 +343,8 @@ def _read_at_most(stream, count: int) -> np.ndarray:
     return buffer[:filled]
 
 
-def _check_file_size(path: Path, needed: int) -> None:
+def check_file_size(path: Path, needed: int) -> None:
+    """Refuse a file shorter than the ``needed`` bytes its header claims (offset + voxels)."""
     actual = path.stat().st_size
     if actual < needed:
         raise CorruptFileError(

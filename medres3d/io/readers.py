@@ -5,7 +5,9 @@ The format is chosen from what the path is, never guessed from content alone:
 - a folder: a DICOM series (:func:`medres3d.io.dicom.load_dicom_series`; several series in it
   are an error listing them unless ``series_uid`` picks one);
 - ``.nii`` / ``.nii.gz``: NIfTI through nibabel (:func:`medres3d.io.nifti.load_nifti`);
-- ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, ``.gipl``, ``.vtk``, ``.mnc``...: SimpleITK
+- ``.hdr`` / ``.img`` (``.gz`` too), ``.mgh`` / ``.mgz``, ``.mnc``: Analyze or a NIfTI pair,
+  FreeSurfer, MINC1/MINC2 through nibabel (:func:`medres3d.io.nibabel_formats.load_nibabel`);
+- ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, ``.gipl``, ``.vtk``, ``.mrc``...: SimpleITK
   (:func:`medres3d.io.itk.load_itk`);
 - ``.dcm`` / ``.dicom`` / ``.ima``, a file without extension, or any file with the DICOM
   ``DICM`` magic: one multi-frame DICOM file (:func:`medres3d.io.dicom.load_dicom_file`).
@@ -24,13 +26,16 @@ from pathlib import Path
 from medres3d.errors import ConfigError, CorruptFileError, UnsupportedFormatError, VolumeLoadError
 from medres3d.io.itk import ITK_SUFFIXES, is_itk_path, load_itk
 from medres3d.io.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_VOXELS, validate_max_bytes, validate_max_voxels
+from medres3d.io.nibabel_formats import NIBABEL_SUFFIXES, is_nibabel_path, load_nibabel
 from medres3d.io.nifti import NIFTI_SUFFIXES, is_nifti_path, load_nifti
 from medres3d.io.volume import Volume
 from medres3d.io.voxels import check_finite, resolve_dtype, validate_nan_policy
 
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom", ".ima")
 SUPPORTED_FORMATS = (
-    f"NIfTI ({', '.join(NIFTI_SUFFIXES)}), a DICOM series folder, a multi-frame DICOM file "
+    f"NIfTI ({', '.join(NIFTI_SUFFIXES)}), Analyze/NIfTI pairs, MGH and MINC "
+    f"({', '.join(NIBABEL_SUFFIXES)}), "
+    "a DICOM series folder, a multi-frame DICOM file "
     f"({', '.join(DICOM_SUFFIXES)}, no extension, or DICM magic), ITK formats ({', '.join(ITK_SUFFIXES)})"
 )
 
@@ -48,8 +53,9 @@ def load_volume(
     """Load a scan (file or DICOM series folder) as a Volume ``(C, H, W, D)`` with a RAS+ affine.
 
     Args:
-        path: a ``.nii``/``.nii.gz`` file, a DICOM series folder, a multi-frame DICOM file, or an
-            ITK image (``.nrrd``, ``.mha``, ``.mhd``...).
+        path: a ``.nii``/``.nii.gz`` file, an Analyze/NIfTI pair (``.hdr``/``.img``), a FreeSurfer
+            ``.mgh``/``.mgz`` or MINC ``.mnc`` file, a DICOM series folder, a multi-frame DICOM
+            file, or an ITK image (``.nrrd``, ``.mha``, ``.mhd``...).
         dtype: ``"float32"`` (default, rescaling applied: HU for CT), ``"float64"`` or ``"native"``.
         max_voxels: refuse scans whose header claims more voxels, before reading them
             (default :data:`medres3d.io.limits.DEFAULT_MAX_VOXELS`; None: no limit).
@@ -57,7 +63,7 @@ def load_volume(
             conflicting duplicates instead of recording warnings on the Volume.
         nan_policy: ``"raise"`` (default), ``"zero"`` or ``"keep"`` for NaN/Inf voxels.
         series_uid: DICOM folders only: which series to load when the folder holds several.
-        max_bytes: NIfTI only: refuse a file whose header needs more bytes read (decompressed for
+        max_bytes: NIfTI, Analyze and MGH: refuse a file whose header needs more bytes read (decompressed for
             ``.nii.gz``: data offset plus stored voxels) than this, before reading them (default
             :data:`medres3d.io.limits.DEFAULT_MAX_BYTES`; None: no limit). A Deflated DICOM file
             is inflated at most to its header plus the pixel bytes the header claims.
@@ -98,6 +104,10 @@ def load_volume(
         )
     elif is_nifti_path(path):
         return load_nifti(
+            path, dtype=dtype, max_voxels=max_voxels, nan_policy=nan_policy, max_bytes=max_bytes
+        )
+    elif is_nibabel_path(path):
+        return load_nibabel(
             path, dtype=dtype, max_voxels=max_voxels, nan_policy=nan_policy, max_bytes=max_bytes
         )
     elif is_itk_path(path):
