@@ -34,6 +34,7 @@ from medres3d.errors import (
 )
 from medres3d.io.dicom.header import read_header
 from medres3d.io.dicom.multiframe import load_multiframe
+from medres3d.io.dicom.multivolume import load_4d
 from medres3d.io.dicom.scan import DicomScan, find_dicom_series, scan_dicom_tree, scan_files
 from medres3d.io.dicom.series import DicomSeries
 from medres3d.io.dicom.types import FileHeader, SkippedFile
@@ -71,6 +72,7 @@ def load_dicom_series(
     dtype: str = "float32",
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
     strict: bool = False,
+    as_4d: bool = False,
 ) -> Volume:
     """Load the image series in a folder (searched recursively) or in a list of files.
 
@@ -86,6 +88,12 @@ def load_dicom_series(
         dtype: "float32" (default), "float64" or "native" (see :func:`medres3d.io.dicom.stack.load_series`).
         max_voxels: refuse volumes larger than this (None: no limit), checked before reading pixels.
         strict: raise SeriesGeometryError on missing slices, uneven spacing and conflicting duplicates.
+        as_4d: load every volume of a 4D series (the parts of one SeriesInstanceUID: diffusion
+            b-values and directions, time points, echoes, magnitude/phase, one file per Siemens
+            mosaic) as one Volume with one channel per volume, in acquisition order, and their
+            b-values, b-vectors and echo times in ``meta``
+            (see :func:`medres3d.io.dicom.multivolume.load_4d`).
+            ``series_uid`` then names the series (a uid or any of its parts' keys).
 
     Raises:
         NotAnImageError: no image series (the message summarizes what was skipped and why).
@@ -105,8 +113,13 @@ def load_dicom_series(
             raise NotAnImageError("(no files)", "an empty list of files was given")
         where = Path(os.path.commonpath([str(p.parent) for p in paths]))
         scan = scan_files(paths)
-    chosen = _choose(where, scan, series_uid)
-    volume = chosen.load(dtype=dtype, max_voxels=max_voxels, strict=strict)
+    if as_4d:
+        parts = _choose_4d(where, scan, series_uid)
+        chosen = parts[0]
+        volume = load_4d(parts, dtype=dtype, max_voxels=max_voxels, strict=strict)
+    else:
+        chosen = _choose(where, scan, series_uid)
+        volume = chosen.load(dtype=dtype, max_voxels=max_voxels, strict=strict)
     extra = []
     others = [s for s in scan.series if s.is_localizer and s.uid != chosen.uid]
     if others and not chosen.is_localizer:
@@ -192,6 +205,18 @@ def _choose(where: Path, scan: DicomScan, series_uid: str | None) -> DicomSeries
             images,
         )
     return images[0]
+
+
+def _choose_4d(where: Path, scan: DicomScan, series_uid: str | None) -> list[DicomSeries]:
+    """The image parts of one SeriesInstanceUID: the one asked for, or the only one there is."""
+    if series_uid is not None:
+        uids = {s.uid for s in scan.series if series_uid in (s.key, s.uid)}
+    else:
+        uids = {s.uid for s in scan.series if not s.is_localizer}
+    # none or several: the usual NotAnImageError / MultipleSeriesError, listing what there is
+    uid = uids.pop() if len(uids) == 1 else _choose(where, scan, series_uid).uid
+    parts = [s for s in scan.series if s.uid == uid and not s.is_localizer]
+    return parts or [s for s in scan.series if s.uid == uid]
 
 
 def _other_images_hint(where: Path, scan: DicomScan) -> str:

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import zlib
@@ -33,7 +34,7 @@ from pydicom.uid import (
 )
 
 from medres3d.errors import ResourceLimitError
-from medres3d.io.dicom.rawheader import parse_header, tag_table
+from medres3d.io.dicom.rawheader import parse_header, raw_value, tag_table
 from medres3d.io.dicom.types import FileHeader, SkippedFile
 
 # Only these are parsed; every other element is skipped by seeking past its value.
@@ -44,9 +45,30 @@ SCAN_TAGS = [
     "PixelSpacing", "SliceThickness", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel",
     "PhotometricInterpretation", "BitsAllocated", "BitsStored", "PixelRepresentation",
     "RescaleSlope", "RescaleIntercept", "GridFrameOffsetVector", "DoseGridScaling",
+    "EchoTime", "RepetitionTime", "AcquisitionTime", "DiffusionBValue", "DiffusionGradientOrientation",
 ]  # fmt: skip
+# Vendor private tags that tell the volumes of a 4D series apart (and a Siemens mosaic), read only
+# when their block's private creator (the element 00xx,0010 of their group) matches:
+# tag -> (name, kind as in rawheader.tag_table, group, private creator).
+PRIVATE_SCAN_TAGS: dict[int, tuple[str, bool | str, str]] = {
+    0x0019100A: ("SiemensImagesInMosaic", True, "SIEMENS MR HEADER"),
+    0x0019100C: ("SiemensBValue", False, "SIEMENS MR HEADER"),
+    0x0019100E: ("SiemensGradientDirection", "FD", "SIEMENS MR HEADER"),
+    0x001910BB: ("GEGradientX", False, "GEMS_ACQU_01"),
+    0x001910BC: ("GEGradientY", False, "GEMS_ACQU_01"),
+    0x001910BD: ("GEGradientZ", False, "GEMS_ACQU_01"),
+    0x00431039: ("GESlopInt6to9", False, "GEMS_PARM_01"),
+}
+# The private creators of those blocks.
+_CREATOR_TAGS = {0x00190010: "Creator0019", 0x00430010: "Creator0043"}
 
-_FAST_TAGS = tag_table(SCAN_TAGS)
+_FAST_TAGS = {
+    **tag_table(SCAN_TAGS),
+    **{tag: (name, kind) for tag, (name, kind, _) in PRIVATE_SCAN_TAGS.items()},
+    **{tag: (name, False) for tag, name in _CREATOR_TAGS.items()},
+}
+# pydicom's specific_tags: keywords, then the private tags and their creators by number.
+_PYDICOM_TAGS: list[Any] = [*SCAN_TAGS, *PRIVATE_SCAN_TAGS, *_CREATOR_TAGS]
 # Pixel data element tags (PixelData, FloatPixelData, DoubleFloatPixelData), both byte orders.
 _PIXEL_TAG_BYTES = frozenset(
     (0x7FE0).to_bytes(2, order) + elem.to_bytes(2, order)
@@ -120,7 +142,7 @@ def read_header(path: str | os.PathLike[str], fast: bool = True) -> FileHeader |
                         "before any pixel data (a deflate bomb?); refused before inflating the rest"
                     )
                     return SkippedFile(path, reason, "resource")
-                ds, has_pixels = _parse_inflated(path, inflated[0], SCAN_TAGS)
+                ds, has_pixels = _parse_inflated(path, inflated[0], _PYDICOM_TAGS)
                 if not has_pixels and "Rows" in ds:
                     return SkippedFile(
                         path, "file is truncated: its deflate stream ends before the pixel data", "unreadable"
@@ -129,7 +151,7 @@ def read_header(path: str | os.PathLike[str], fast: bool = True) -> FileHeader |
             else:
                 fp.seek(0)
                 ds = pydicom.dcmread(
-                    fp, stop_before_pixels=True, force=not has_prefix, specific_tags=SCAN_TAGS
+                    fp, stop_before_pixels=True, force=not has_prefix, specific_tags=_PYDICOM_TAGS
                 )
                 pixel_offset = fp.tell()
                 size = os.fstat(fp.fileno()).st_size
@@ -146,6 +168,7 @@ def read_header(path: str | os.PathLike[str], fast: bool = True) -> FileHeader |
                     return SkippedFile(path, "file is truncated: it ends before the pixel data", "unreadable")
         # pydicom converts values on first access: a damaged value raises here, not in dcmread
         values = {kw: ds.get(kw) for kw in SCAN_TAGS if kw in ds}
+        values.update(_private_values(ds))
         values["SOPClassUID"] = _sop_class(ds)
         values["TransferSyntaxUID"] = _transfer_syntax(ds)
     except OSError as err:
@@ -161,7 +184,7 @@ def _sop_class(ds: pydicom.Dataset) -> str:
     return str(ds.get("SOPClassUID", "") or media or "")
 
 
-def read_dataset_header(path: str | os.PathLike[str], specific_tags: list[str]) -> pydicom.Dataset:
+def read_dataset_header(path: str | os.PathLike[str], specific_tags: list[Any]) -> pydicom.Dataset:
     """pydicom's header-only read of ``specific_tags``; a Deflated file's header is inflated alone.
 
     Raises:
@@ -187,7 +210,29 @@ def read_dataset_header(path: str | os.PathLike[str], specific_tags: list[str]) 
     return _parse_inflated(Path(path), inflated[0], specific_tags)[0]
 
 
-def _parse_inflated(path: Path, data: bytes, specific_tags: list[str]) -> tuple[pydicom.Dataset, bool]:
+def _private_values(ds: pydicom.Dataset) -> dict[str, Any]:
+    """The private scan tags of a pydicom dataset, as the fast parser returns them.
+
+    Without a private dictionary match (Implicit VR files), pydicom gives their raw bytes: they
+    are decoded here the same way the fast parser decodes them.
+    """
+    out: dict[str, Any] = {}
+    kinds = {tag: (name, kind) for tag, (name, kind, _) in PRIVATE_SCAN_TAGS.items()}
+    kinds.update({tag: (name, False) for tag, name in _CREATOR_TAGS.items()})
+    for tag, (name, kind) in kinds.items():
+        if tag not in ds:
+            continue
+        value = ds[tag].value
+        if isinstance(value, bytes):
+            try:
+                value = raw_value(value, kind)
+            except (UnicodeDecodeError, struct.error):
+                continue  # an undecodable optional value is as good as absent
+        out[name] = value
+    return out
+
+
+def _parse_inflated(path: Path, data: bytes, specific_tags: list[Any]) -> tuple[pydicom.Dataset, bool]:
     """The header in an inflated Deflated dataset, and whether pixel data follows it.
 
     pydicom, given the file, would inflate it whole, pixels included; given the inflated bytes it
@@ -305,6 +350,12 @@ def _classify(
             transfer_syntax=str(ds["TransferSyntaxUID"]),
             pixel_offset=pixel_offset,
             is_enhanced=any(word in sop_name for word in _ENHANCED_WORDS),
+            echo_time=_optional_float(ds, "EchoTime"),
+            repetition_time=_optional_float(ds, "RepetitionTime"),
+            acquisition_time=str(ds.get("AcquisitionTime", "") or "").strip(),
+            b_value=_b_value(ds),
+            gradient=_gradient(ds),
+            mosaic_images=_mosaic_images(ds),
         )
     except (ValueError, TypeError, OverflowError) as err:
         return SkippedFile(path, f"unreadable DICOM header value: {err}", "unreadable")
@@ -339,3 +390,54 @@ def _floats(ds: dict[str, Any], keyword: str, count: int) -> tuple[float, ...] |
     except (ValueError, TypeError):
         return None
     return values if len(values) == count else None
+
+
+def _optional_float(ds: dict[str, Any], keyword: str) -> float | None:
+    """A number that only labels or tells volumes apart: malformed is as good as absent."""
+    try:
+        values = _multi(ds.get(keyword))
+        return float(values[0]) if values and values[0] not in ("", None) else None  # type: ignore[arg-type]
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _creator(ds: dict[str, Any], name: str) -> str:
+    return str(ds.get(name, "") or "").strip().upper()
+
+
+def _b_value(ds: dict[str, Any]) -> float | None:
+    """DiffusionBValue, else Siemens' (0019,100C) B_value, else GE's first slop_int_6 value."""
+    standard = _optional_float(ds, "DiffusionBValue")
+    if standard is not None:
+        return standard
+    if _creator(ds, "Creator0019") == "SIEMENS MR HEADER":
+        siemens = _optional_float(ds, "SiemensBValue")
+        if siemens is not None:
+            return siemens
+    if _creator(ds, "Creator0043") == "GEMS_PARM_01":
+        ge = _optional_float(ds, "GESlopInt6to9")
+        if ge is not None:
+            return ge % 1e9  # GE adds 1e9 to flag a b-value set by the user (dcm2niix does the same)
+    return None
+
+
+def _gradient(ds: dict[str, Any]) -> tuple[float, float, float] | None:
+    """The diffusion gradient direction in the scanner frame (DICOM LPS), when the header has one."""
+    values: object = ds.get("DiffusionGradientOrientation")
+    creator = _creator(ds, "Creator0019")
+    if values is None and creator == "SIEMENS MR HEADER":
+        values = ds.get("SiemensGradientDirection")
+    if values is None and creator == "GEMS_ACQU_01":
+        values = [ds.get(f"GEGradient{axis}") for axis in "XYZ"]
+    try:
+        vector = tuple(float(v) for v in _multi(values))  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return None
+    return vector if len(vector) == 3 and all(math.isfinite(v) for v in vector) else None  # type: ignore[return-value]
+
+
+def _mosaic_images(ds: dict[str, Any]) -> int | None:
+    """Siemens' NumberOfImagesInMosaic (0019,100A), when the private block is Siemens'."""
+    if _creator(ds, "Creator0019") != "SIEMENS MR HEADER":
+        return None
+    return _int(ds, "SiemensImagesInMosaic", None)

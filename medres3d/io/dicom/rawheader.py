@@ -39,24 +39,33 @@ _CHUNK = 16384
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _TAG = struct.Struct("<HH")
+# Binary float VRs (diffusion b-values and gradients): struct code and size.
+_BINARY_FLOATS = {"FD": ("d", 8), "FL": ("f", 4)}
 
 
 class _Unsupported(Exception):
     """The file needs pydicom's general parser."""
 
 
-def tag_table(keywords: Iterable[str]) -> dict[int, tuple[str, bool]]:
-    """``tag -> (keyword, is_unsigned_short)`` for the keywords, from pydicom's data dictionary."""
-    table = {}
+def tag_table(keywords: Iterable[str]) -> dict[int, tuple[str, bool | str]]:
+    """``tag -> (keyword, kind)`` for the keywords, from pydicom's data dictionary.
+
+    ``kind`` is True for US (one unsigned short), ``"FD"``/``"FL"`` for binary doubles/floats
+    (returned as a list of floats), False for text.
+    """
+    table: dict[int, tuple[str, bool | str]] = {}
     for keyword in keywords:
         tag = tag_for_keyword(keyword)
         if tag is None:
             raise KeyError(f"unknown DICOM keyword {keyword!r}")
-        table[tag] = (keyword, dictionary_VR(tag) == "US")
+        vr = dictionary_VR(tag)
+        table[tag] = (keyword, True if vr == "US" else vr if vr in ("FD", "FL") else False)
     return table
 
 
-def parse_header(fp: BinaryIO, wanted: Mapping[int, tuple[str, bool]]) -> tuple[dict[str, Any], int] | None:
+def parse_header(
+    fp: BinaryIO, wanted: Mapping[int, tuple[str, bool | str]]
+) -> tuple[dict[str, Any], int] | None:
     """Values of the ``wanted`` tags and the offset of the pixel data element, or None (use pydicom).
 
     ``fp`` is an open binary file; the result also holds "TransferSyntaxUID" and, when the
@@ -87,7 +96,7 @@ class _Buffer:
         return chunk
 
 
-def _parse(buf: _Buffer, wanted: Mapping[int, tuple[str, bool]]) -> tuple[dict[str, Any], int]:
+def _parse(buf: _Buffer, wanted: Mapping[int, tuple[str, bool | str]]) -> tuple[dict[str, Any], int]:
     if buf.get(128, 4) != b"DICM":
         raise _Unsupported("no DICM prefix")
     meta: dict[str, Any] = {}
@@ -109,7 +118,7 @@ def _parse(buf: _Buffer, wanted: Mapping[int, tuple[str, bool]]) -> tuple[dict[s
 
 
 def _dataset(
-    buf: _Buffer, pos: int, implicit: bool, wanted: Mapping[int, tuple[str, bool]], out: dict
+    buf: _Buffer, pos: int, implicit: bool, wanted: Mapping[int, tuple[str, bool | str]], out: dict
 ) -> int:
     """Walk the top-level elements up to the pixel data; return its offset.
 
@@ -137,8 +146,8 @@ def _dataset(
             pos = _element(buf, pos, implicit, wanted, out, 0)
             continue
         if tag in wanted:
-            keyword, unsigned_short = wanted[tag]
-            out[keyword] = _value(data[start : start + length], unsigned_short)
+            keyword, kind = wanted[tag]
+            out[keyword] = _value(data[start : start + length], kind)
         pos += start - off + length
 
 
@@ -146,7 +155,7 @@ def _element(
     buf: _Buffer,
     pos: int,
     implicit: bool,
-    wanted: Mapping[int, tuple[str, bool]],
+    wanted: Mapping[int, tuple[str, bool | str]],
     out: dict[str, Any],
     depth: int,
 ) -> int:
@@ -168,8 +177,8 @@ def _element(
             raise _Unsupported("UN of undefined length, or sequences nested too deep")
         return _skip_sequence(buf, start, implicit, depth + 1)
     if tag in wanted:
-        keyword, unsigned_short = wanted[tag]
-        out[keyword] = _value(buf.get(start, length), unsigned_short)
+        keyword, kind = wanted[tag]
+        out[keyword] = _value(buf.get(start, length), kind)
     return start + length
 
 
@@ -192,9 +201,22 @@ def _skip_sequence(buf: _Buffer, pos: int, implicit: bool, depth: int) -> int:
         pos += 8
 
 
-def _value(raw: bytes, unsigned_short: bool) -> Any:
-    if unsigned_short:
+def raw_value(raw: bytes, kind: bool | str) -> Any:
+    """A value's bytes (little endian) decoded as ``kind`` says (see :func:`tag_table`).
+
+    Example:
+        >>> raw_value(b"1000", False), raw_value(b"\\x30\\x00", True)
+        ('1000', 48)
+    """
+    return _value(raw, kind)
+
+
+def _value(raw: bytes, kind: bool | str) -> Any:
+    if kind is True:
         return _U16.unpack_from(raw)[0] if len(raw) >= 2 else None
+    if kind in _BINARY_FLOATS:
+        code, size = _BINARY_FLOATS[kind]  # type: ignore[index]
+        return list(struct.unpack(f"<{len(raw) // size}{code}", raw[: len(raw) // size * size]))
     text = raw.decode("ascii")
     if "\x1b" in text:  # ISO 2022 escape sequences: pydicom decodes those
         raise _Unsupported("ISO 2022 text")

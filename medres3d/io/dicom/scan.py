@@ -221,6 +221,74 @@ class _Group:
 
 
 def _split_uid(members: list[FileHeader]) -> tuple[list[_Group], list[SkippedFile]]:
+    mosaics = [h for h in members if h.is_mosaic and not h.is_multiframe]
+    members = [h for h in members if not (h.is_mosaic and not h.is_multiframe)]
+    mosaic_groups = _mosaic_volumes(mosaics)
+    if not members:
+        return mosaic_groups, []
+    groups, lost = _split_files(members)
+    return mosaic_groups + groups, lost
+
+
+def _mosaic_volumes(mosaics: list[FileHeader]) -> list[_Group]:
+    """Each Siemens mosaic file is one 3D volume: a part of its own, named by what tells it apart."""
+    ordered = sorted(mosaics, key=_acquisition_order)
+    groups = [_Group([h]) for h in ordered]
+    _label_volumes(groups)
+    return groups
+
+
+def _acquisition_order(h: FileHeader) -> tuple[Any, ...]:
+    """Sort key putting the volumes of a 4D series in acquisition order (dcm2niix's order too)."""
+    return (
+        h.acquisition_time or "~",
+        h.acquisition if h.acquisition is not None else math.inf,
+        h.instance_number if h.instance_number is not None else math.inf,
+        str(h.path),
+    )
+
+
+def _label_volumes(groups: list[_Group]) -> None:
+    """Name the volumes of one series by b-value and direction, image kind and echo time.
+
+    Only what varies between them names them; volumes that the values do not tell apart (repeated
+    b0 images, the time points of fMRI) get their index in acquisition order, ``t1``, ``t2``...
+    """
+    firsts = [g.headers[0] for g in groups]
+    directions: list[tuple[float, ...]] = []
+    for h in firsts:
+        if h.gradient is not None and (h.b_value or 0) > 0:
+            rounded = tuple(round(v, 3) for v in h.gradient)
+            if rounded not in directions:
+                directions.append(rounded)
+    labels: list[dict[str, str]] = []
+    for h in firsts:
+        label: dict[str, str] = {}
+        if h.b_value is not None:
+            direction = ""
+            if h.gradient is not None and h.b_value > 0:
+                direction = f" dir{directions.index(tuple(round(v, 3) for v in h.gradient)) + 1}"
+            label["diffusion"] = f"b{h.b_value:g}{direction}"
+        if h.image_kind:
+            label["kind"] = _KIND_NAMES[h.image_kind]
+        if h.echo_time is not None:
+            label["echo_time"] = f"TE {h.echo_time:g}"
+        labels.append(label)
+    for attr in ("diffusion", "kind", "echo_time"):
+        if len({label.get(attr, "") for label in labels}) > 1:
+            for g, label in zip(groups, labels, strict=True):
+                if attr in label:
+                    g.labels[attr] = label[attr]
+    names = [tuple(g.labels.get(a, "") for a in ("diffusion", "kind", "echo_time")) for g in groups]
+    for n, (g, name) in enumerate(zip(groups, names, strict=True)):
+        if len(groups) > 1 and names.count(name) > 1:
+            g.labels["volume"] = f"t{n + 1}"
+
+
+_KIND_NAMES = {"M": "magnitude", "P": "phase", "R": "real", "I": "imaginary"}
+
+
+def _split_files(members: list[FileHeader]) -> tuple[list[_Group], list[SkippedFile]]:
     multiframe = [h for h in members if h.is_multiframe]
     together = len(multiframe) > 1
     groups = [
@@ -306,7 +374,13 @@ def _orientation_cluster(iop: np.ndarray, centres: list[np.ndarray]) -> int:
 
 
 def _split_repeats(group: _Group) -> list[_Group]:
-    """Split a group whose positions repeat by acquisition, then temporal position, if that helps."""
+    """Split a group whose positions repeat into volumes, by the first key that removes the repeats.
+
+    AcquisitionNumber, then TemporalPositionIdentifier (parts named "acquisition 2", "time 3"), then
+    what tells the volumes of a 4D series apart: diffusion b-value and direction, image kind
+    (magnitude/phase/real/imaginary), echo time, acquisition time, then all of these together
+    (parts named by :func:`_label_volumes`).
+    """
     if not _has_repeats(group.headers):
         return [group]
     for attribute, label in (("acquisition", "acquisition"), ("temporal_position", "time")):
@@ -314,11 +388,41 @@ def _split_repeats(group: _Group) -> list[_Group]:
         for h in group.headers:
             parts[getattr(h, attribute)].append(h)
         if len(parts) > 1 and not any(_has_repeats(members) for members in parts.values()):
-            return [
+            split = [
                 _Group(members, labels={**group.labels, attribute: f"{label} {value}"})
                 for value, members in sorted(parts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
             ]
+            _label_volumes(split)
+            for g in split:
+                g.labels.pop("volume", None)  # the acquisition or time already names each part
+            return split
+    for key in _VOLUME_KEYS:
+        by_key: dict[tuple[Any, ...], list[FileHeader]] = defaultdict(list)
+        for h in group.headers:
+            by_key[key(h)].append(h)
+        if len(by_key) > 1 and not any(_has_repeats(members) for members in by_key.values()):
+            split = [
+                _Group(sorted(members, key=lambda h: str(h.path)), labels=dict(group.labels))
+                for members in sorted(by_key.values(), key=lambda m: min(_acquisition_order(h) for h in m))
+            ]
+            _label_volumes(split)
+            return split
     return [group]  # the loader reports (and compares) the duplicate positions
+
+
+def _diffusion_key(h: FileHeader) -> tuple[Any, ...]:
+    gradient = tuple(round(v, 3) for v in h.gradient) if h.gradient is not None and h.b_value else None
+    return (h.b_value, gradient)
+
+
+# Keys that tell the volumes of one series apart, tried in this order, then all together.
+_VOLUME_KEYS = (
+    _diffusion_key,
+    lambda h: (h.image_kind,),
+    lambda h: (h.echo_time,),
+    lambda h: (h.acquisition_time,),
+    lambda h: (*_diffusion_key(h), h.image_kind, h.echo_time, h.acquisition_time),
+)
 
 
 def _has_repeats(headers: list[FileHeader]) -> bool:
@@ -366,6 +470,10 @@ def _name_parts(uid: str, groups: list[_Group]) -> list[DicomSeries]:
             "echo",
             "acquisition",
             "temporal_position",
+            "diffusion",
+            "kind",
+            "echo_time",
+            "volume",
         )
         if len({g.labels.get(attr, "") for g in groups}) > 1
     ]

@@ -2,7 +2,8 @@
 
 A series of single-frame files is checked (every slice placed, a known pixel spacing, more than
 one slice) and stacked by :func:`medres3d.io.dicom.stack.build_volume`; a series of multi-frame
-files goes to :func:`medres3d.io.dicom.multiframe.load_multiframe_files`.
+files goes to :func:`medres3d.io.dicom.multiframe.load_multiframe_files`, a Siemens mosaic file to
+:func:`medres3d.io.dicom.mosaic.load_mosaic`.
 
 Example:
     >>> from medres3d.io.dicom import find_dicom_series
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from medres3d.errors import SeriesGeometryError, UnsupportedFormatError
+from medres3d.io.dicom.mosaic import load_mosaic
 from medres3d.io.dicom.multiframe import load_multiframe_files
 from medres3d.io.dicom.pixels import read_frames
 from medres3d.io.dicom.stack import SliceSource, build_volume, check_image_size, series_meta
@@ -108,7 +110,6 @@ class DicomSeries:
         return load_series(self, **kwargs)
 
 
-
 def load_series(
     series: DicomSeries,
     *,
@@ -142,6 +143,8 @@ def load_series(
         dtype('int16')
     """
     headers = list(series.headers)
+    if len(headers) == 1 and headers[0].is_mosaic and not headers[0].is_multiframe:
+        return load_mosaic(headers[0], dtype=dtype, max_voxels=max_voxels, notes=series.notes)
     if all(h.is_multiframe for h in headers):
         return load_multiframe_files(
             headers, dtype=dtype, max_voxels=max_voxels, strict=strict, notes=series.notes, workers=workers

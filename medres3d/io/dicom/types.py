@@ -73,6 +73,13 @@ class FileHeader:
     transfer_syntax: str
     pixel_offset: int | None
     is_enhanced: bool
+    # What tells the volumes of a 4D series apart (None or "" when the header has none).
+    echo_time: float | None = None
+    repetition_time: float | None = None
+    acquisition_time: str = ""
+    b_value: float | None = None
+    gradient: tuple[float, float, float] | None = None  # diffusion direction, scanner frame (LPS)
+    mosaic_images: int | None = None  # Siemens NumberOfImagesInMosaic (0019,100A)
 
     @property
     def is_multiframe(self) -> bool:
@@ -83,6 +90,24 @@ class FileHeader:
     def is_localizer(self) -> bool:
         """True when ImageType says LOCALIZER (scout / topogram / survey)."""
         return "LOCALIZER" in self.image_type
+
+    @property
+    def is_mosaic(self) -> bool:
+        """True for a Siemens mosaic: ImageType MOSAIC, or NumberOfImagesInMosaic in the header."""
+        return "MOSAIC" in self.image_type or self.mosaic_images is not None
+
+    @property
+    def image_kind(self) -> str:
+        """"M", "P", "R" or "I" (magnitude, phase, real, imaginary) from ImageType; "" if unknown.
+
+        ImageType's third value (Siemens, Philips) or any value spelling the kind out (GE, Philips).
+        """
+        words = {"M": "M", "MAGNITUDE": "M", "P": "P", "PHASE": "P", "R": "R", "REAL": "R",
+                 "I": "I", "IMAGINARY": "I"}  # fmt: skip
+        if len(self.image_type) > 2 and self.image_type[2] in words:
+            return words[self.image_type[2]]
+        found = {words[v] for v in self.image_type[2:] if v in words and len(v) > 1}
+        return found.pop() if len(found) == 1 else ""
 
     @property
     def is_native(self) -> bool:
