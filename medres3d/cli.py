@@ -175,6 +175,9 @@ def summary(
 
 _AGGREGATE_HELP = ("how window probabilities combine: mean | max | logit-mean | any (detection: the scan is "
                    "negative only if every window is; docs/inference.md)")
+_BACKEND_HELP = ("runs the network: torch | onnxruntime | openvino (pip install 'medres3d[onnx]' or "
+                 "'medres3d[openvino]'); MODEL may be an export folder (medres3d export)")
+_PRECISION_HELP = "fp32 | bf16 (default: the backend's, fp32 on the CPU); bf16: torch autocast or openvino"
 _NEGATIVE_CLASS_HELP = ("negative class of --aggregate any, by name or index; default the class named "
                         "normal/negative/background/healthy, else class 0")
 
@@ -201,6 +204,8 @@ def predict(
     aggregate: Annotated[str, typer.Option(help=_AGGREGATE_HELP)] = "mean",
     negative_class: Annotated[str | None, typer.Option(help=_NEGATIVE_CLASS_HELP, show_default=False)] = None,
     workers: Annotated[int, typer.Option(help="loader processes (0: load in this process)")] = 0,
+    backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "torch",
+    precision: Annotated[str | None, typer.Option(help=_PRECISION_HELP, show_default=False)] = None,
 ) -> None:
     """Classify scans and print a table (or JSON lines); exit code 1 if no scan could be classified.
 
@@ -212,7 +217,8 @@ def predict(
 
     with _usage_errors():
         clf = Classifier.load(model, device=device, overlap=overlap, aggregate=aggregate,
-                              negative_class=negative_class, evidence=False)
+                              negative_class=negative_class, evidence=False, backend=backend,
+                              precision=precision)
         predictions = list(clf.predict_many(scans, workers=workers))
     if json_lines:
         for scan, p in zip(scans, predictions, strict=True):
@@ -272,6 +278,8 @@ def batch(
     negative_class: Annotated[str | None, typer.Option(help=_NEGATIVE_CLASS_HELP, show_default=False)] = None,
     fsync: Annotated[bool, typer.Option("--fsync", help="fsync every row (power-loss safety)")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
+    backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "torch",
+    precision: Annotated[str | None, typer.Option(help=_PRECISION_HELP, show_default=False)] = None,
 ) -> None:
     """Classify every image series and NIfTI file under ROOT, one row each, written as it is done.
 
@@ -292,7 +300,8 @@ def batch(
             device=device, modality=modality,
             series_description=series_description, min_slices=min_slices,
             include_localizers=include_localizers, fsync=fsync, progress=not no_progress,
-            classifier_options={"aggregate": aggregate, "negative_class": negative_class},
+            classifier_options={"aggregate": aggregate, "negative_class": negative_class,
+                                "backend": backend, "precision": precision},
         )
     if summary.rank == 0:
         typer.echo(
@@ -304,6 +313,71 @@ def batch(
             err=True,
         )
     raise typer.Exit(summary.exit_code)
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="model file (.safetensors)")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx | openvino | torchscript")] = "onnx",
+    out: Annotated[Path, typer.Option("--out", help="export folder (created)")] = Path("medres3d-export"),
+) -> None:
+    """Export the network for an inference runtime, with a sidecar, and verify it against PyTorch.
+
+    The folder holds the network (dynamic batch, input normalization inside) and
+    medres3d-export.json (class names, preprocessing, window size, source model hash); predict
+    and batch take the folder as MODEL with --backend onnxruntime | openvino | torch.
+
+    Example: medres3d export model.safetensors --format openvino --out model-openvino
+    """
+    from medres3d.inference.export import export_model
+
+    with _usage_errors():
+        result = export_model(model, out, fmt)
+    files = ", ".join(str(path) for path in result.files)
+    typer.echo(f"exported {model} -> {files} ({result.format}, dynamic batch) in {result.seconds:.1f} s")
+    typer.echo(f"verified: max |logit difference| {result.max_abs_difference:.2e} against PyTorch on a "
+               f"probe batch of {result.probe_batch} (tolerance {result.tolerance:.0e} x max(1, |logit|))")
+    typer.echo(f"sidecar: {result.sidecar}")
+
+
+
+@app.command()
+def evaluate(
+    paths: Annotated[list[Path], typer.Argument(
+        help="MODEL [MODEL ...] MANIFEST: one model file, or several (an ensemble averaging their "
+             "probabilities), then the manifest CSV", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="output folder (metrics, predictions.csv, figures)")],
+    split: Annotated[str, typer.Option(help="train | val | test | all (every row)")] = "test",
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples of the confidence intervals")] = 2000,
+    confidence: Annotated[float, typer.Option(help="confidence level of the intervals")] = 0.95,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K")] = "auto",
+    workers: Annotated[int, typer.Option(help="loader processes (0: load in this process)")] = 0,
+    overlap: Annotated[float, typer.Option(help="sliding-window overlap in [0, 1)")] = 0.5,
+    aggregate: Annotated[str, typer.Option(help=_AGGREGATE_HELP)] = "mean",
+) -> None:
+    """Metrics of a model on a manifest split with bootstrap 95% CIs; curves and per-scan predictions.
+
+    Scans that fail to load are listed (stderr, metrics.md, predictions.csv) and counted, not dropped.
+
+    Example: medres3d evaluate model.safetensors data/manifest.csv --split test --out eval/
+    """
+    if len(paths) < 2:
+        raise typer.BadParameter("give a model file (or several) and then the manifest", param_hint="PATHS")
+    from medres3d.training.evaluate import evaluate as run_evaluation
+
+    *models, manifest = paths
+    with _usage_errors():
+        result = run_evaluation(models[0] if len(models) == 1 else models, manifest, split=split, out_dir=out,
+                                num_resamples=resamples, confidence=confidence, seed=seed, device=device,
+                                workers=workers,
+                                classifier_options={"overlap": overlap, "aggregate": aggregate})
+    for scan in result.failed:
+        typer.echo(f"error: row {scan.row} {scan.path}: {scan.error}", err=True)
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(result.to_markdown())
+    typer.echo(f"written to {out}: {', '.join(sorted(result.files))}")
 
 
 

@@ -88,6 +88,11 @@ class ManifestError(FileError):
     """A training manifest row is invalid; the reason names the row number."""
 
 
+class BackendNotInstalledError(MedRes3DError, ImportError):
+    """An optional inference runtime (ONNX Runtime, OpenVINO) was asked for but is not installed;
+    the message names the extra to install (``pip install 'medres3d[openvino]'``)."""
+
+
 class DeviceError(MedRes3DError, RuntimeError):
     """A device that was asked for is not there (no CUDA, or fewer GPUs than the index)."""
 

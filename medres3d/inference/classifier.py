@@ -118,9 +118,11 @@ class Classifier:
         evidence_cell_size: int | None = None,
         source: str | None = None,
     ) -> None:
+        from medres3d.inference.backends import RuntimeNetwork
         from medres3d.modelfile import require_fitted_normalization
 
-        require_fitted_normalization(net, source)
+        if not isinstance(net, RuntimeNetwork):  # an export is refused at export time if unfitted
+            require_fitted_normalization(net, source)
         num_classes = getattr(net, "num_classes", None)
         if num_classes is not None and len(class_names) != num_classes:
             raise ConfigError(
@@ -157,28 +159,43 @@ class Classifier:
 
     @classmethod
     def load(
-        cls, model_file: str | os.PathLike[str], device: str | torch.device = "auto", **options: Any
+        cls,
+        model_file: str | os.PathLike[str],
+        device: str | torch.device = "auto",
+        *,
+        backend: str = "torch",
+        precision: str | None = None,
+        **options: Any,
     ) -> Classifier:
-        """Read a model file and build a Classifier from it (options as for the constructor).
+        """Read a model file (or an export folder) and build a Classifier (options as for the constructor).
+
+        ``backend`` runs the forward pass of each window batch: ``"torch"``, ``"onnxruntime"`` or
+        ``"openvino"`` (optional extras; see :mod:`medres3d.inference.backends`); everything else
+        (preprocessing, windows, aggregation, evidence, errors) is the same for all. ``precision``
+        ``"fp32"`` or ``"bf16"`` (None: the backend's default, fp32 on the CPU).
 
         Raises:
-            ModelFileError: the file is not a valid medres3d model.
+            ModelFileError: the file is not a valid medres3d model or export.
             NormalizationNotFittedError: its input normalization was never fitted.
+            BackendNotInstalledError: the backend's package is not installed.
 
         Example:
             >>> clf = Classifier.load("model.safetensors", device="cpu", overlap=0.25)  # doctest: +SKIP
             >>> detector = Classifier.load("model.safetensors", aggregate="any")        # doctest: +SKIP
+            >>> fast = Classifier.load("export-dir", backend="openvino")                 # doctest: +SKIP
         """
-        from medres3d.modelfile import read_model
+        from medres3d.inference.network_loader import load_network
 
-        model = read_model(model_file)
+        loaded = load_network(model_file, backend=backend, precision=precision, device=device)
+        if "amp" in options and "amp" in loaded.options:
+            raise ConfigError(f"give precision ({precision!r}) or amp ({options['amp']!r}), not both")
         return cls(
-            model.net,
-            model.class_names,
-            model.preprocessing,
-            device=device,
+            loaded.net,
+            loaded.class_names,
+            loaded.preprocessing,
+            device=loaded.device,
             source=os.fspath(model_file),
-            **options,
+            **{**loaded.options, **options},
         )
 
     def __repr__(self) -> str:

@@ -60,10 +60,11 @@ class SameConv3d(nn.Conv3d):
                          padding=0, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the bias is None except after BatchNorm folding (medres3d.inference.prepare_network)
         pads = _same_pads(x, self.kernel_size, self.stride)
         if all(before == after for before, after in pads):
-            return F.conv3d(x, self.weight, None, self.stride, tuple(p[0] for p in pads))
-        return F.conv3d(_zero_pad(x, pads), self.weight, None, self.stride)
+            return F.conv3d(x, self.weight, self.bias, self.stride, tuple(p[0] for p in pads))
+        return F.conv3d(_zero_pad(x, pads), self.weight, self.bias, self.stride)
 
 
 class SameMaxPool3d(nn.MaxPool3d):
