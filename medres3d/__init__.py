@@ -47,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     "Classifier": "medres3d.inference.classifier",
     "Prediction": "medres3d.inference.classifier",
     "run_batch": "medres3d.inference.batch",
+    "evaluate": "medres3d.training.evaluate",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

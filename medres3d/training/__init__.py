@@ -18,6 +18,8 @@ _EXPORTS: dict[str, str] = {
     "load_config": "medres3d.training.config",
     "read_manifest": "medres3d.training.manifest",
     "ManifestRow": "medres3d.training.manifest",
+    "evaluate": "medres3d.training.evaluate",
+    "EvaluationResult": "medres3d.training.evaluate",
 }
 
 __all__ = sorted(_EXPORTS)

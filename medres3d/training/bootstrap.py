@@ -181,11 +181,20 @@ def weighted_metrics(y_true: np.ndarray, probabilities: np.ndarray, weights: np.
     return out
 
 
+def confidence_bin(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """Bin index of each confidence: bin ``m`` holds ``(m/bins, (m+1)/bins]`` (0 joins the first bin).
+
+    Example:
+        >>> confidence_bin(np.array([0.5, 0.51, 1.0]), 2).tolist()
+        [0, 1, 1]
+    """
+    return np.clip(np.ceil(np.asarray(confidence) * bins).astype(np.int64) - 1, 0, bins - 1)
+
+
 def _ece(w: np.ndarray, probs: np.ndarray, y: np.ndarray, bins: int, total: np.ndarray) -> np.ndarray:
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == y).astype(np.float64)
-    # bin m holds confidences in (m/M, (m+1)/M]; a confidence of exactly 0 cannot occur (max of K >= 1/K)
-    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    index = confidence_bin(confidence, bins)
     members = np.zeros((y.size, bins))
     members[np.arange(y.size), index] = 1.0
     gap = np.abs(w @ (members * correct[:, None]) - w @ (members * confidence[:, None]))

@@ -86,3 +86,44 @@ def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray) -> 
         "balanced_accuracy": float(recalls.mean()),
         "auc": roc_auc_ovr(true, probs),
     }
+
+
+def _thresholds(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct scores from the highest down, with the true and false positives at or above each."""
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
+    ranked, hits = np.asarray(score, dtype=np.float64)[order], np.asarray(positive, dtype=bool)[order]
+    last = np.r_[np.flatnonzero(ranked[1:] != ranked[:-1]), ranked.size - 1]  # last index of each score
+    tp = np.cumsum(hits)[last].astype(np.float64)
+    return ranked[last], tp, (last + 1) - tp
+
+
+def roc_curve(positive: Sequence[bool], score: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct threshold, from (0, 0) to (1, 1).
+
+    Example:
+        >>> fpr, tpr = roc_curve([False, True, True], [0.2, 0.6, 0.9])
+        >>> fpr.tolist(), tpr.tolist()
+        ([0.0, 0.0, 0.0, 1.0], [0.0, 0.5, 1.0, 1.0])
+    """
+    _, tp, fp = _thresholds(np.asarray(positive), np.asarray(score))
+    if tp[-1] == 0 or fp[-1] == 0:
+        raise ConfigError("a ROC curve needs both positive and negative scans")
+    return np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]]
+
+
+def precision_recall_curve(positive: Sequence[bool], score: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) at every distinct threshold, highest threshold first, starting at recall 0.
+
+    The first point is (0, precision at the highest threshold), so the curve's step area is the
+    average precision.
+
+    Example:
+        >>> recall, precision = precision_recall_curve([False, True, True], [0.2, 0.6, 0.9])
+        >>> recall.tolist(), precision.round(3).tolist()
+        ([0.0, 0.5, 1.0, 1.0], [1.0, 1.0, 1.0, 0.667])
+    """
+    _, tp, fp = _thresholds(np.asarray(positive), np.asarray(score))
+    if tp[-1] == 0:
+        raise ConfigError("a precision-recall curve needs positive scans")
+    precision = tp / (tp + fp)
+    return np.r_[0.0, tp / tp[-1]], np.r_[precision[0], precision]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,5 +72,85 @@ def plot_confusion_matrix(counts: np.ndarray, class_names: Sequence[str], path: 
         for j in range(k):
             ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
                     color="white" if fractions[i, j] > 0.6 else "black")
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike[str],
+                    title: str = "ROC curves") -> Path:
+    """One ROC curve per entry (a class one-vs-rest, or a fold): legend label -> (fpr, tpr).
+
+    Example:
+        >>> plot_roc_curves({"lesion (AUC 0.91)": (fpr, tpr)}, "roc.png")   # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 5.0), layout="tight")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    for label, (fpr, tpr) in curves.items():
+        ax.plot(fpr, tpr, drawstyle="steps-post", label=label)
+    ax.set(title=title, xlabel="false positive rate (1 - specificity)",
+           ylabel="true positive rate (sensitivity)", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_precision_recall_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                                 path: str | os.PathLike[str],
+                                 title: str = "Precision-recall curves") -> Path:
+    """One precision-recall curve per entry: legend label -> (recall, precision).
+
+    Example:
+        >>> curves = {"lesion (AP 0.88)": (recall, precision)}
+        >>> plot_precision_recall_curves(curves, "pr.png")   # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 5.0), layout="tight")
+    ax = fig.subplots()
+    for label, (recall, precision) in curves.items():
+        ax.plot(recall, precision, drawstyle="steps-pre", label=label)
+    ax.set(title=title, xlabel="recall (sensitivity)", ylabel="precision (positive predictive value)",
+           xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize="small")
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_reliability(y_true: np.ndarray, probabilities: np.ndarray, path: str | os.PathLike[str], *,
+                     bins: int = 15, title: str = "Reliability diagram (top label)") -> Path:
+    """Accuracy against confidence of the predicted class per confidence bin, and the scans per bin.
+
+    The bins are those of the expected calibration error (:mod:`medres3d.training.bootstrap`).
+
+    Example:
+        >>> plot_reliability(y, probs, "reliability.png")   # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure
+
+    from medres3d.training.bootstrap import confidence_bin
+
+    probs = np.asarray(probabilities, dtype=np.float64)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(y_true)
+    index = confidence_bin(confidence, bins)
+    counts = np.bincount(index, minlength=bins)
+    filled = counts > 0
+    accuracy = np.bincount(index, weights=correct, minlength=bins)[filled] / counts[filled]
+    mean_confidence = np.bincount(index, weights=confidence, minlength=bins)[filled] / counts[filled]
+    fig = Figure(figsize=(5.5, 6.2), layout="tight")
+    ax, ax_count = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect calibration")
+    ax.plot(mean_confidence, accuracy, marker="o", label="model")
+    ax.set(title=title, ylabel="accuracy", ylim=(-0.01, 1.01))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ax_count.bar(edges[:-1], counts, width=1.0 / bins, align="edge", edgecolor="white")
+    ax_count.set(xlabel="confidence of the predicted class", ylabel="scans", xlim=(0.0, 1.0))
     fig.savefig(path, dpi=110)
     return Path(path)
