@@ -60,3 +60,23 @@ def test_bad_inputs_are_named():
         confusion_matrix([0, 1], [0, 5], 2)
     with pytest.raises(ConfigError, match=r"\(N, K\)"):
         classification_metrics([0, 1, 1], np.zeros((2, 2)))
+
+
+def test_roc_and_precision_recall_curves_equal_sklearn():
+    sk = pytest.importorskip("sklearn.metrics")
+    from medres3d.training.metrics import precision_recall_curve, roc_curve
+
+    rng = np.random.default_rng(3)
+    positive = rng.random(80) < 0.4
+    score = np.round(rng.normal(size=80) + positive, 1)  # ties
+    fpr, tpr = roc_curve(positive, score)
+    ref_fpr, ref_tpr, _ = sk.roc_curve(positive, score, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+    recall, precision = precision_recall_curve(positive, score)
+    ref_precision, ref_recall, _ = sk.precision_recall_curve(positive, score)
+    # sklearn lists thresholds low to high and ends at (recall 0, precision 1); ours start at the top
+    np.testing.assert_allclose(recall[1:], ref_recall[:-1][::-1])
+    np.testing.assert_allclose(precision[1:], ref_precision[:-1][::-1])
+    assert -np.sum(np.diff(ref_recall) * ref_precision[:-1]) == pytest.approx(
+        np.sum(np.diff(recall) * precision[1:]))
