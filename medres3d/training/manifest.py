@@ -1,9 +1,12 @@
 """The training manifest: the CSV of scans and labels, its validation, and the splits.
 
-A manifest is a CSV with a header and columns ``path,label[,split]``. ``path`` is a NIfTI file,
-another format :func:`medres3d.io.load_volume` reads, or a DICOM series folder, relative to the
-manifest's folder. ``split`` is ``train``, ``val`` or ``test`` (test rows are ignored by
+A manifest is a CSV with a header and columns ``path,label[,split][,group]``. ``path`` is a NIfTI
+file, another format :func:`medres3d.io.load_volume` reads, or a DICOM series folder, relative to
+the manifest's folder. ``split`` is ``train``, ``val`` or ``test`` (test rows are ignored by
 training); without the column a stratified fraction of rows becomes the validation split.
+``group`` names the patient (or any unit whose scans are not independent): a group never has
+scans on both sides of a split or a cross-validation fold (:func:`split_rows`, :func:`group_folds`),
+and a split column that puts one group in two splits is refused.
 
 Row numbers in messages count the header as row 1, as a spreadsheet shows them.
 
@@ -35,7 +38,7 @@ import numpy as np
 from medres3d.errors import ConfigError, ManifestError
 
 SPLITS = ("train", "val", "test")
-MANIFEST_COLUMNS = ("path", "label", "split")
+MANIFEST_COLUMNS = ("path", "label", "split", "group")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class ManifestRow:
         label: class name as written.
         split: "train", "val", "test", or None when the manifest has no split column.
         written_path: the path as written in the manifest (used for the data hash).
+        group: the patient (group) the scan belongs to, or None without a group column.
     """
 
     row: int
@@ -55,13 +59,15 @@ class ManifestRow:
     label: str
     split: str | None
     written_path: str
+    group: str | None = None
 
 
 def read_manifest(manifest: str | os.PathLike[str]) -> list[ManifestRow]:
     """Parse a manifest CSV; structural problems of every row are reported together.
 
     Raises:
-        ManifestError: missing file, missing columns, empty path or label, unknown split value.
+        ManifestError: missing file, missing columns, empty path, label or group, unknown split
+            value, a group in two splits.
 
     Example:
         >>> read_manifest("data/manifest.csv")[0]   # doctest: +SKIP
@@ -79,23 +85,46 @@ def read_manifest(manifest: str | os.PathLike[str]) -> list[ManifestRow]:
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise ManifestError(manifest, f"cannot read the manifest as a UTF-8 CSV: {err}") from err
     columns = _check_columns(manifest, written)
-    has_split = "split" in columns
+    has_split, has_group = "split" in columns, "group" in columns
     rows, problems = [], []
     for number, record in records:
         path, label, split = record.get("path", ""), record.get("label", ""), record.get("split")
+        group = record.get("group")
         if not path:
             problems.append(f"row {number}: empty path")
         if not label:
             problems.append(f"row {number}: empty label")
         if has_split and split not in SPLITS:
             problems.append(f"row {number}: split {split!r} is not one of {', '.join(SPLITS)}")
+        if has_group and not group:
+            problems.append(f"row {number}: empty group (with a group column every row names its patient)")
         rows.append(ManifestRow(number, (manifest.parent / path).resolve(), label,
-                                split if has_split else None, path))
+                                split if has_split else None, path, group if has_group else None))
+    if has_split and has_group and not problems:
+        problems += _groups_across_splits(rows)
     if problems:
         raise ManifestError(manifest, summarize_problems(problems))
     if not rows:
         raise ManifestError(manifest, "the manifest has a header but no rows")
     return rows
+
+
+def _groups_across_splits(rows: Sequence[ManifestRow]) -> list[str]:
+    """One problem per group whose rows are in more than one split (the leak a group column prevents)."""
+    where: dict[str, dict[str, list[int]]] = {}
+    for r in rows:
+        where.setdefault(str(r.group), {}).setdefault(str(r.split), []).append(r.row)
+    problems = []
+    for group, splits in where.items():
+        if len(splits) > 1:
+            parts = " and ".join(f"{split} ({_row_list(numbers)})" for split, numbers in splits.items())
+            problems.append(f"group {group!r} is in {parts}: a patient's scans must all be in one split")
+    return problems
+
+
+def _row_list(numbers: Sequence[int]) -> str:
+    shown = ", ".join(str(n) for n in numbers[:5]) + (", ..." if len(numbers) > 5 else "")
+    return f"row{'s' if len(numbers) > 1 else ''} {shown}"
 
 
 def _column(name: str) -> str:
@@ -116,7 +145,8 @@ def _check_columns(manifest: Path, written: Sequence[str]) -> list[str]:
         hints = [f"{close[0]!r} for {c!r}?" for c in missing
                  if (close := difflib.get_close_matches(c, columns, n=1, cutoff=0.6))]
         hint = f"; did you mean {', '.join(hints)}" if hints else ""
-        raise ManifestError(manifest, f"the header must name the columns path,label[,split] (in any case); "
+        raise ManifestError(manifest, f"the header must name the columns path,label[,split][,group] "
+                                      f"(in any case); "
                                       f"missing {', '.join(missing)}; found columns: {found}{hint}")
     return columns
 
@@ -296,6 +326,9 @@ def split_rows(rows: Sequence[ManifestRow], val_fraction: float, seed: int
 
     Test rows are left out of both. Without a split column each class keeps at least one training
     row and, when ``val_fraction > 0`` and it has two or more rows, gives at least one to validation.
+    With a group column whole groups are held out: each class gets as close to ``val_fraction``
+    of its rows as whole groups allow, keeping at least one training row (and, where some group
+    can give one without taking a class's last training row, at least one validation row).
 
     Example:
         >>> rows = [ManifestRow(n, Path(str(n)), "ab"[n % 2], None, str(n)) for n in range(2, 12)]
@@ -307,6 +340,9 @@ def split_rows(rows: Sequence[ManifestRow], val_fraction: float, seed: int
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if rows and rows[0].split is not None:
         return [r for r in rows if r.split == "train"], [r for r in rows if r.split == "val"]
+    if rows and rows[0].group is not None:
+        val_groups = _grouped_holdout(rows, val_fraction, seed)
+        return [r for r in rows if r.group not in val_groups], [r for r in rows if r.group in val_groups]
     rng = np.random.default_rng(seed)
     val_rows: set[int] = set()
     for label in sorted({r.label for r in rows}):
@@ -316,6 +352,124 @@ def split_rows(rows: Sequence[ManifestRow], val_fraction: float, seed: int
             count = max(count, 1)
         val_rows.update(rng.permutation(members)[:count].tolist())
     return [r for r in rows if r.row not in val_rows], [r for r in rows if r.row in val_rows]
+
+
+def _label_counts(rows: Sequence[ManifestRow], names: Sequence[str]) -> np.ndarray:
+    counts = np.zeros(len(names), dtype=np.int64)
+    for r in rows:
+        counts[names.index(r.label)] += 1
+    return counts
+
+
+def _by_group(rows: Sequence[ManifestRow]) -> dict[str, list[ManifestRow]]:
+    groups: dict[str, list[ManifestRow]] = {}
+    for r in rows:
+        groups.setdefault(str(r.group), []).append(r)
+    return groups
+
+
+def _grouped_holdout(rows: Sequence[ManifestRow], val_fraction: float, seed: int) -> set[str]:
+    """The groups held out for validation: greedy, largest groups first, towards each class's target."""
+    names = sorted({r.label for r in rows})
+    groups = _by_group(rows)
+    counts = {g: _label_counts(members, names) for g, members in groups.items()}
+    total = _label_counts(rows, names)
+    target = total * val_fraction
+    rng = np.random.default_rng(seed)
+    # a random order, then largest first: small groups fill the remainder that large ones leave
+    order = sorted(rng.permutation(sorted(groups)).tolist(), key=lambda g: -len(groups[g]))
+    held, val = set(), np.zeros(len(names), dtype=np.int64)
+    if val_fraction == 0:
+        return held
+    for g in order:
+        after = val + counts[g]
+        if (total - after >= 1).all() and np.abs(target - after).sum() < np.abs(target - val).sum():
+            held.add(g)
+            val = after
+    for c in np.flatnonzero((val == 0) & (total >= 2)):  # a class with no validation row yet
+        fits = [g for g in order
+                if g not in held and counts[g][c] > 0 and (total - val - counts[g] >= 1).all()]
+        if fits:
+            smallest = min(fits, key=lambda g: len(groups[g]))
+            held.add(smallest)
+            val = val + counts[smallest]
+    return held
+
+
+def group_folds(rows: Sequence[ManifestRow], folds: int, seed: int
+                ) -> list[tuple[list[ManifestRow], list[ManifestRow]]]:
+    """Stratified, grouped K-fold: ``folds`` pairs (train, validation) whose validation parts
+    partition the rows; a group (patient) is never on both sides. Without a group column every
+    row is its own group. Test rows (split column ``test``) are left out.
+
+    Groups are dealt largest first, each to the fold where the classes' shares of the rows stay
+    most even (the idea of scikit-learn's ``StratifiedGroupKFold``), ties to the fold with the
+    fewest rows.
+
+    Raises:
+        ConfigError: ``folds`` < 2, or fewer groups than folds.
+
+    Example:
+        >>> rows = [ManifestRow(n, Path(str(n)), "ab"[n % 2], None, str(n), f"p{n // 2}")
+        ...         for n in range(2, 22)]
+        >>> [len(val) for _, val in group_folds(rows, 5, seed=0)]
+        [4, 4, 4, 4, 4]
+    """
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"folds must be an integer >= 2, got {folds!r}")
+    rows = [r for r in rows if r.split != "test"]
+    originals = {r.row: r for r in rows}
+    if rows and rows[0].group is None:
+        rows = [ManifestRow(r.row, r.path, r.label, r.split, r.written_path, f"row {r.row}") for r in rows]
+    groups = _by_group(rows)
+    if len(groups) < folds:
+        raise ConfigError(f"{folds} folds need at least {folds} groups (patients); the manifest has "
+                          f"{len(groups)}")
+    names = sorted({r.label for r in rows})
+    total = np.maximum(_label_counts(rows, names), 1)
+    rng = np.random.default_rng(seed)
+    order = sorted(rng.permutation(sorted(groups)).tolist(), key=lambda g: -len(groups[g]))
+    fold_counts = np.zeros((folds, len(names)))
+    assigned: dict[str, int] = {}
+    for g in order:
+        counts = _label_counts(groups[g], names)
+        spread = []
+        for f in range(folds):
+            trial = fold_counts.copy()
+            trial[f] += counts
+            spread.append(float((trial / total).std(axis=0).sum()))
+        best = min(range(folds), key=lambda f: (round(spread[f], 12), fold_counts[f].sum(), f))
+        fold_counts[best] += counts
+        assigned[g] = best
+    return [([originals[r.row] for r in rows if assigned[str(r.group)] != f],
+             [originals[r.row] for r in rows if assigned[str(r.group)] == f]) for f in range(folds)]
+
+
+def split_table(manifest: str | os.PathLike[str], names: Sequence[str],
+                splits: Mapping[str, Sequence[ManifestRow]]) -> str:
+    """Rows per class of each split, with the patients (groups) per class when there is a group column.
+
+    Example:
+        >>> rows = [ManifestRow(n, Path(str(n)), "ab"[n % 2], None, str(n), f"p{n // 4}")
+        ...         for n in range(2, 10)]
+        >>> print(split_table("m.csv", ["a", "b"], {"train": rows[:4], "val": rows[4:]}))
+        rows (patients) per class (train / val) of m.csv:
+          a       2 (2) / 2 (2)
+          b       2 (2) / 2 (2)
+          total   4 (2) / 4 (2)
+    """
+    grouped = any(r.group is not None for part in splits.values() for r in part)
+
+    def cell(part: Sequence[ManifestRow]) -> str:
+        return f"{len(part)} ({len({r.group for r in part})})" if grouped else str(len(part))
+
+    width = max(len(name) for name in (*names, "total"))
+    what = "rows (patients)" if grouped else "rows"
+    lines = [f"{what} per class ({' / '.join(splits)}) of {manifest}:"]
+    for label in (*names, None):
+        cells = [cell([r for r in part if label is None or r.label == label]) for part in splits.values()]
+        lines.append(f"  {label or 'total':<{width}}  {cells[0]:>6} / " + " / ".join(cells[1:]))
+    return "\n".join(lines)
 
 
 def _stat(path: Path) -> str:

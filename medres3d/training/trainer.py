@@ -259,7 +259,7 @@ class Trainer:
         names = manifest.class_names_of(rows, cfg.data.class_names, manifest_path)
         train_rows, val_rows = manifest.split_rows(rows, cfg.data.val_fraction, cfg.training.seed)
         # Shown before any refusal: the table is what tells a typo from a real rare class.
-        self._log(ctx, _class_table(manifest_path, names, train_rows, val_rows))
+        self._log(ctx, manifest.split_table(manifest_path, names, {"train": train_rows, "val": val_rows}))
         if cfg.data.class_names is None:
             manifest.check_label_typos(rows, manifest_path)
         weights = cfg.training.class_weights
@@ -685,17 +685,6 @@ def _logged_metrics(history: Sequence[dict[str, Any]], epoch: int | None) -> dic
     row = next((r for r in history if r["epoch"] == epoch), None) if epoch is not None else None
     return {} if row is None else {k: row.get(k) for k in METRIC_COLUMNS if k.startswith("val_")}
 
-
-def _class_table(manifest: Any, names: Sequence[str], train: Sequence[manifest.ManifestRow],
-                 val: Sequence[manifest.ManifestRow]) -> str:
-    """``rows per class (train / val) of <manifest>:`` and one aligned line per class."""
-    width = max(len(name) for name in (*names, "total"))
-    lines = [f"rows per class (train / val) of {manifest}:"]
-    for label in names:
-        n_train, n_val = sum(r.label == label for r in train), sum(r.label == label for r in val)
-        lines.append(f"  {label:<{width}}  {n_train:>6} / {n_val}")
-    lines.append(f"  {'total':<{width}}  {len(train):>6} / {len(val)}")
-    return "\n".join(lines)
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:

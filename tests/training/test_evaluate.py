@@ -24,7 +24,7 @@ def model_file(tmp_path, tiny_net):
 
 @pytest.fixture
 def study(tmp_path):
-    """A manifest: 14 test scans (two larger than the 16x16x8 input), 2 train rows, a corrupt and a missing file."""
+    """14 test scans (two larger than the 16x16x8 input), 2 train rows, a corrupt and a missing file."""
     import nibabel as nib
 
     rng = np.random.default_rng(0)
@@ -46,7 +46,8 @@ def test_metrics_equal_sklearn_on_the_classifiers_own_predictions(model_file, st
     from medres3d import Classifier
     from medres3d.training.evaluate import evaluate
 
-    result = evaluate(model_file, study, split="test", out_dir=tmp_path / "eval", num_resamples=300, device="cpu")
+    result = evaluate(model_file, study, split="test", out_dir=tmp_path / "eval", num_resamples=300,
+                      device="cpu")
     # the reference: one predict() per scan, then scikit-learn
     clf = Classifier.load(model_file, device="cpu", evidence=False)
     ok_rows = [(f"scan{i}.nii.gz", NAMES[i % 2]) for i in range(14)]
@@ -56,7 +57,8 @@ def test_metrics_equal_sklearn_on_the_classifiers_own_predictions(model_file, st
     m = result.metrics
     assert m["accuracy"].value == pytest.approx(sklearn_metrics.accuracy_score(y, pred))
     assert m["balanced_accuracy"].value == pytest.approx(sklearn_metrics.balanced_accuracy_score(y, pred))
-    assert m["roc_auc[lesion]"].value == pytest.approx(sklearn_metrics.roc_auc_score(y, probs[:, 1]), abs=1e-6)
+    assert m["roc_auc[lesion]"].value == pytest.approx(sklearn_metrics.roc_auc_score(y, probs[:, 1]),
+                                                       abs=1e-6)
     assert m["average_precision[lesion]"].value == pytest.approx(
         sklearn_metrics.average_precision_score(y, probs[:, 1]), abs=1e-6)
     assert m["brier"].value == pytest.approx(sklearn_metrics.brier_score_loss(y, probs[:, 1]), abs=1e-6)
@@ -105,7 +107,8 @@ def test_a_single_class_split_says_why_instead_of_nan(model_file, study, tmp_pat
     assert "one class only ('normal')" in result.metrics["roc_auc_macro"].reason
     assert "no ROC or precision-recall figure" in result.notes[0]
     assert "undefined" in (tmp_path / "one" / "metrics.md").read_text()
-    assert json.loads((tmp_path / "one" / "metrics.json").read_text())["metrics"]["roc_auc_macro"]["value"] is None
+    saved = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert saved["metrics"]["roc_auc_macro"]["value"] is None
 
 
 def test_manifest_problems_are_named(model_file, study, tmp_path):
@@ -115,7 +118,7 @@ def test_manifest_problems_are_named(model_file, study, tmp_path):
         evaluate(model_file, study, split="val", device="cpu")
     no_split = tmp_path / "nosplit.csv"
     no_split.write_text("path,label\nscan0.nii.gz,normal\n")
-    with pytest.raises(ManifestError, match="no split column.*split='all'"):
+    with pytest.raises(ManifestError, match=r"no split column.*split='all'"):
         evaluate(model_file, no_split, device="cpu")
     odd = tmp_path / "odd.csv"
     odd.write_text("path,label\nscan0.nii.gz,tumour\n")
@@ -135,5 +138,6 @@ def test_cli(model_file, study, tmp_path):
     assert "| roc_auc[lesion] |" in run.stdout
     assert "error: row 19 missing.nii.gz" in run.stderr
     assert (out / "metrics.json").is_file()
-    bad = CliRunner().invoke(app, ["evaluate", str(model_file), str(study), "--out", str(out), "--split", "tset"])
+    bad = CliRunner().invoke(app, ["evaluate", str(model_file), str(study), "--out", str(out),
+                                   "--split", "tset"])
     assert bad.exit_code == 2 and "did you mean 'test'" in bad.stderr
