@@ -14,6 +14,10 @@ Benchmarks (``--only`` picks some; each is a ``bench_*`` function registered in 
 - ``dicom``: a ~190-slice 512x512 CT series folder to float32 HU: ``medres3d.load_volume`` vs
   SimpleITK ``ImageSeriesReader`` vs MONAI ``LoadImage`` (PydicomReader; ITKReader when ``itk`` is
   installed).
+- ``dicom_4d``: a diffusion-like single-frame series (30 volumes of 96x96x40: b0 + 29
+  directions, 1200 files) and a Siemens-like mosaic series (30 files of 96x96x40) to one 4D
+  float32 array: ``load_dicom_series(as_4d=True)`` (scan included) vs dcm2niix converting the
+  folder to uncompressed NIfTI (``-z n``; its time includes writing the .nii, not reading it).
 - ``dicom_scan``: header scan rate (files/s) over a tree of 3000 files: ``scan_dicom_tree``
   (threads, serial) vs SimpleITK/GDCM's series scan vs a plain pydicom loop.
 
@@ -256,9 +260,56 @@ def bench_dicom_scan(workdir: Path, shape: tuple[int, int, int], repeats: int) -
     return [*lines, ""]
 
 
+def bench_dicom_4d(workdir: Path, shape: tuple[int, int, int], repeats: int) -> list[str]:
+    """4D diffusion-like single-frame series and mosaic series: medres3d vs dcm2niix (``--shape`` unused)."""
+    import shutil
+    import subprocess
+
+    from medres3d.io.dicom import load_dicom_series
+    from medres3d.synthetic import make_affine
+    from medres3d.synthetic.dicom_4d import write_multivolume_series, write_siemens_mosaic
+
+    dcm2niix = shutil.which("dcm2niix") or shutil.which(str(Path(sys.executable).parent / "dcm2niix"))
+    num, size = 30, (96, 96, 40)
+    rng = np.random.default_rng(0)
+    volumes = [rng.integers(0, 2000, size).astype(np.float64) for _ in range(num)]
+    directions = rng.normal(size=(num, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    directions[0] = 0
+    b_values = [0] + [1000] * (num - 1)
+    affine = make_affine((2.0, 2.0, 3.0), "oblique")
+    folders = {"single-frame": workdir / "dwi_single", "mosaic": workdir / "dwi_mosaic"}
+    if not folders["single-frame"].exists():
+        write_multivolume_series(
+            volumes, affine, folders["single-frame"], b_values=b_values, gradients=directions
+        )
+    if not folders["mosaic"].exists():
+        write_siemens_mosaic(volumes, affine, folders["mosaic"], b_values=b_values, gradients=directions)
+    lines = []
+    for kind, folder in folders.items():
+        volume = load_dicom_series(folder, as_4d=True)
+        assert volume.shape == (num, *size) and np.array_equal(volume.array, np.stack(volumes))
+
+        def convert(folder: Path = folder) -> np.ndarray:
+            out = workdir / "dcm2niix_out"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            subprocess.run([dcm2niix, "-z", "n", "-f", "%s_%e", "-o", str(out), str(folder)],
+                           check=True, capture_output=True)  # fmt: skip
+            return np.zeros(1)
+
+        readers: dict[str, Reader] = {"medres3d": lambda f=folder: load_dicom_series(f, as_4d=True).array}
+        if dcm2niix:
+            readers["dcm2niix -z n"] = convert
+        title = f"DICOM 4D, {kind}: {num} volumes of {size[0]}x{size[1]}x{size[2]}"
+        lines += report(title, time_alternately(readers, repeats), "medres3d")
+    return lines
+
+
 BENCHMARKS: dict[str, Callable[[Path, tuple[int, int, int], int], list[str]]] = {
     "nifti": bench_nifti,
     "dicom": bench_dicom,
+    "dicom_4d": bench_dicom_4d,
     "dicom_scan": bench_dicom_scan,
 }
 

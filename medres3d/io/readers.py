@@ -49,6 +49,9 @@ def load_volume(
     nan_policy: str = "raise",
     series_uid: str | None = None,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
+    as_4d: bool = False,
+    philips_scaling: str = "display",
+    resample: str | None = None,
 ) -> Volume:
     """Load a scan (file or DICOM series folder) as a Volume ``(C, H, W, D)`` with a RAS+ affine.
 
@@ -63,10 +66,19 @@ def load_volume(
             conflicting duplicates instead of recording warnings on the Volume.
         nan_policy: ``"raise"`` (default), ``"zero"`` or ``"keep"`` for NaN/Inf voxels.
         series_uid: DICOM folders only: which series to load when the folder holds several.
+        as_4d: DICOM folders only: every volume of a 4D series (diffusion, fMRI, echoes,
+            magnitude/phase, Siemens mosaics) as one channel each, with their b-values, b-vectors
+            and echo times in ``meta`` (see :func:`medres3d.io.dicom.load_dicom_series`).
         max_bytes: NIfTI, Analyze and MGH: refuse a file whose header needs more bytes read (decompressed for
             ``.nii.gz``: data offset plus stored voxels) than this, before reading them (default
             :data:`medres3d.io.limits.DEFAULT_MAX_BYTES`; None: no limit). A Deflated DICOM file
             is inflated at most to its header plus the pixel bytes the header claims.
+
+        philips_scaling: DICOM only: ``"display"`` (default: RescaleSlope/Intercept, what the
+            scanner shows and other readers return) or ``"precise"`` (Philips' floating-point
+            values, dcm2niix's default; see ``docs/dicom.md``).
+        resample: DICOM only: None (default) or ``"even"``: a tilted or unevenly spaced series
+            resampled onto an even orthogonal grid (``resampled-even`` warning, ``meta["resampled"]``).
 
     Raises:
         VolumeLoadError: the path does not exist (or a subclass below).
@@ -93,6 +105,8 @@ def load_volume(
     if not (path.is_dir() or path.is_file()):
         # A FIFO, socket or device named like a scan would block a reader forever.
         raise UnsupportedFormatError(path, "not a regular file or folder (a FIFO, socket or device)")
+    if as_4d and not path.is_dir():
+        raise ConfigError(f"as_4d applies to DICOM folders only, but {path} is a file")
     if series_uid is not None and not path.is_dir():
         raise ConfigError(f"series_uid applies to DICOM folders only, but {path} is a file")
 
@@ -100,8 +114,9 @@ def load_volume(
         from medres3d.io.dicom import load_dicom_series
 
         volume = load_dicom_series(
-            path, series_uid=series_uid, dtype=dtype, max_voxels=max_voxels, strict=strict
-        )
+            path, series_uid=series_uid, dtype=dtype, max_voxels=max_voxels, strict=strict, as_4d=as_4d,
+            philips_scaling=philips_scaling, resample=resample,
+        )  # fmt: skip
     elif is_nifti_path(path):
         return load_nifti(
             path, dtype=dtype, max_voxels=max_voxels, nan_policy=nan_policy, max_bytes=max_bytes
@@ -115,7 +130,10 @@ def load_volume(
     elif _looks_like_dicom(path):
         from medres3d.io.dicom import load_dicom_file
 
-        volume = load_dicom_file(path, dtype=dtype, max_voxels=max_voxels, strict=strict)
+        volume = load_dicom_file(
+            path, dtype=dtype, max_voxels=max_voxels, strict=strict, philips_scaling=philips_scaling,
+            resample=resample,
+        )  # fmt: skip
     else:
         reason = f"unknown file type {path.suffix!r}; supported: {SUPPORTED_FORMATS}"
         raise UnsupportedFormatError(path, reason)

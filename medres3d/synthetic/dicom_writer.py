@@ -107,6 +107,7 @@ def write_dicom_series(
     file_suffix: str = ".dcm",
     extra_tags: Mapping[str, Any] | None = None,
     seed: int = 0,
+    first_instance_number: int = 1,
 ) -> list[Path]:
     """Write a volume as a classic single-frame DICOM series (one CT or MR Image Storage file per k).
 
@@ -137,6 +138,8 @@ def write_dicom_series(
         file_prefix, file_suffix: parts of the file names.
         extra_tags: keyword -> value set on every file last (e.g. a vendor quirk under test).
         seed: seeds the InstanceNumber shuffle.
+        first_instance_number: the InstanceNumber of the first file (the volumes of a 4D series
+            number their files on, as scanners do).
 
     Returns:
         The paths written: slices in k order (skipped ones absent), then the duplicates.
@@ -161,7 +164,7 @@ def write_dicom_series(
     dups = [k for k in _check_indices(duplicate_slices, num_slices, "duplicate_slices") if k not in skip]
     kept = [k for k in range(num_slices) if k not in skip]
     order = kept + dups
-    instance_numbers = np.arange(1, len(order) + 1)
+    instance_numbers = np.arange(first_instance_number, first_instance_number + len(order))
     if shuffle_instance_numbers:
         instance_numbers = np.random.default_rng(seed).permutation(instance_numbers)
 

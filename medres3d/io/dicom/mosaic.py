@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ class MosaicLayout:
         tiles: tiles per side of the square mosaic grid.
         rows, columns: size of one slice (tile).
         affine_ras: voxel ``(i, j, k)`` -> RAS+ mm, i along the row direction (tile columns).
+        warning: what was assumed, when the header lacked something (None otherwise).
     """
 
     num_images: int
@@ -59,6 +61,7 @@ class MosaicLayout:
     rows: int
     columns: int
     affine_ras: np.ndarray
+    warning: str | None = None
 
 
 def mosaic_layout(header: FileHeader) -> MosaicLayout:
@@ -74,14 +77,18 @@ def mosaic_layout(header: FileHeader) -> MosaicLayout:
         >>> layout.num_images, layout.tiles, layout.rows                 # doctest: +SKIP
         (48, 7, 128)
     """
-    from nibabel.nicom import csareader
-    from nibabel.nicom.dicomwrappers import MosaicWrapper, WrapperError
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nibabel's "highly experimental" notice on import
+        from nibabel.nicom import csareader
+        from nibabel.nicom.dicomwrappers import MosaicWrapper, WrapperError
 
     check_image_size(header)
     try:
         ds = read_dataset_header(header.path, _MOSAIC_TAGS)
         csa = csareader.get_csa_header(ds, "image")
-    except (csareader.CSAReadError, ValueError, KeyError, TypeError, OSError, EOFError) as err:
+    # nibabel's CSA parser raises all of these on damaged headers (struct.error and assert on a cut one)
+    except (csareader.CSAReadError, ValueError, KeyError, TypeError, IndexError, OSError, EOFError,
+            struct.error, AssertionError) as err:  # fmt: skip
         raise CorruptFileError(
             header.path, f"a Siemens mosaic with an unreadable CSA image header: {err}"
         ) from err
@@ -104,7 +111,7 @@ def mosaic_layout(header: FileHeader) -> MosaicLayout:
             header.path, "a Siemens mosaic without ImagePositionPatient/ImageOrientationPatient/PixelSpacing"
         )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nibabel's "highly experimental" notice, on every import
+        warnings.simplefilter("ignore")  # nibabel's notices about its wrappers
         try:
             wrapper = MosaicWrapper(ds, csa, count)
             nib_affine = np.asarray(wrapper.affine, dtype=np.float64)
@@ -116,7 +123,19 @@ def mosaic_layout(header: FileHeader) -> MosaicLayout:
         raise SeriesGeometryError(header.path, "the Siemens mosaic's geometry is not finite")
     # nibabel's voxel axes are (row index, column index, slice) in LPS; medres3d's i runs along columns.
     affine_lps = nib_affine[:, [1, 0, 2, 3]]
-    return MosaicLayout(count, tiles, header.rows // tiles, header.columns // tiles, _LPS_TO_RAS @ affine_lps)
+    note = None
+    if not (csa or {}).get("tags", {}).get("SliceNormalVector", {}).get("items"):
+        # Without the CSA slice normal, nibabel's fallback normal is column x row (its axes are
+        # swapped), the opposite of DICOM's row x column; the tiles are taken to run along the latter.
+        row, col = np.asarray(header.orientation[:3]), np.asarray(header.orientation[3:])
+        affine_lps[:3, 2] = np.cross(row, col) * np.linalg.norm(affine_lps[:3, 2])
+        note = (
+            "mosaic-no-slice-normal: the CSA header has no SliceNormalVector, so the order of the "
+            "tiles is assumed to run along the row x column normal; check left/right and head/foot"
+        )
+    return MosaicLayout(
+        count, tiles, header.rows // tiles, header.columns // tiles, _LPS_TO_RAS @ affine_lps, note
+    )
 
 
 def _csa_count(csa: dict[str, Any] | None, header: FileHeader) -> int | None:
@@ -179,7 +198,7 @@ def load_mosaic(
         "mosaic": {"num_images": layout.num_images, "tiles": layout.tiles},
         "rescale": {"slope": header.slope, "intercept": header.intercept},
         "num_slices": layout.num_images,
-        "warnings": [*notes, *([dtype_note] if dtype_note else [])],
+        "warnings": [*notes, *(w for w in (layout.warning, dtype_note) if w)],
     }
     return Volume(
         buffer.transpose(2, 1, 0)[None],

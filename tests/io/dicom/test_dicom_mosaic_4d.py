@@ -1,0 +1,226 @@
+"""Siemens mosaics and 4D series (diffusion, multi-echo, magnitude/phase), against nibabel and dcm2niix.
+
+Real files: nibabel's Siemens diffusion mosaics (b0 and b1000, 48 slices of 128x128). Synthetic:
+:mod:`medres3d.synthetic.dicom_4d`. dcm2niix is the independent reference (tests/io/dicom/
+dcm2niix_reference.py); its row flip is undone from the affines, so voxels compare one to one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import warnings
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pydicom
+import pytest
+from dcm2niix_reference import bvecs_lps, matched_voxels, run_dcm2niix
+
+from medres3d.errors import CorruptFileError, SeriesGeometryError, UnsupportedFormatError
+from medres3d.io import load_volume
+from medres3d.io.dicom import find_dicom_series, load_dicom_series
+from medres3d.io.dicom.header import read_header
+from medres3d.synthetic import make_affine
+from medres3d.synthetic.dicom_4d import write_multivolume_series, write_siemens_mosaic
+
+NICOM_DATA = Path(nibabel.__file__).parent / "nicom" / "tests" / "data"
+
+
+def _nibabel_wrapper(path: Path):
+    from nibabel.nicom.dicomwrappers import wrapper_from_data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return wrapper_from_data(pydicom.dcmread(path))
+
+
+@pytest.fixture(scope="module")
+def siemens_dwi(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("siemens_dwi")
+    for name in ("siemens_dwi_0", "siemens_dwi_1000"):
+        with gzip.open(NICOM_DATA / f"{name}.dcm.gz") as src, open(folder / f"{name}.dcm", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return folder
+
+
+def _phantom(shape=(24, 20, 10), n=4, seed=0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 1000, shape).astype(np.float64) for _ in range(n)]
+
+
+DIRECTIONS = [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)]
+
+
+# -- real Siemens mosaics (nibabel's test data) ---------------------------------------------------
+
+
+def test_real_mosaic_scan_names_each_volume_by_b_value(siemens_dwi):
+    series = find_dicom_series(siemens_dwi)
+    assert [s.part for s in series] == ["b0", "b1000 dir1"]
+    header = read_header(siemens_dwi / "siemens_dwi_1000.dcm")
+    assert header.is_mosaic and header.mosaic_images == 48 and header.b_value == 1000
+    # the fast parser and pydicom read the private tags alike
+    assert read_header(siemens_dwi / "siemens_dwi_1000.dcm", fast=False) == header
+
+
+def test_real_mosaic_equals_nibabel_wrapper(siemens_dwi):
+    for series in find_dicom_series(siemens_dwi):
+        volume = series.load()
+        wrapper = _nibabel_wrapper(series.files[0])
+        assert volume.shape == (1, 128, 128, 48)
+        # nibabel: (rows, columns, slices) in LPS; medres3d: (columns, rows, slices) in RAS
+        np.testing.assert_array_equal(volume.array[0], wrapper.get_data().transpose(1, 0, 2))
+        expected = np.diag([-1.0, -1.0, 1.0, 1.0]) @ wrapper.affine[:, [1, 0, 2, 3]]
+        np.testing.assert_allclose(volume.affine, expected, atol=1e-9)
+
+
+def test_real_mosaic_4d_equals_dcm2niix(siemens_dwi, tmp_path):
+    volume = load_dicom_series(siemens_dwi, as_4d=True)
+    assert volume.shape == (2, 128, 128, 48) and volume.warnings == []
+    [converted] = run_dcm2niix(siemens_dwi, tmp_path)
+    np.testing.assert_array_equal(matched_voxels(volume, converted), volume.array)  # no rescale here
+    np.testing.assert_array_equal(volume.meta["b_values"], converted.bvals)
+    np.testing.assert_allclose(volume.meta["b_vectors_lps"], bvecs_lps(converted), atol=1e-4)
+    assert volume.meta["echo_times"] == [93.0, 93.0] and volume.meta["repetition_time"] == 6600.0
+
+
+def test_load_volume_as_4d(siemens_dwi):
+    assert load_volume(siemens_dwi, as_4d=True).shape == (2, 128, 128, 48)
+
+
+# -- synthetic mosaics -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("plane", ["axial", "oblique", "sagittal"])
+def test_synthetic_mosaic_geometry_against_truth_nibabel_and_dcm2niix(tmp_path, plane):
+    affine = make_affine((2.0, 2.5, 3.0), plane)
+    volumes = _phantom()
+    files = write_siemens_mosaic(volumes, affine, tmp_path / "in", b_values=[0, 1000, 1000, 1000],
+                                 gradients=DIRECTIONS)  # fmt: skip
+    series = find_dicom_series(tmp_path / "in")
+    assert [s.part for s in series] == ["b0", "b1000 dir1", "b1000 dir2", "b1000 dir3"]
+    volume = load_dicom_series(tmp_path / "in", as_4d=True)
+    np.testing.assert_allclose(volume.affine, affine, atol=1e-5)
+    np.testing.assert_array_equal(volume.array, np.stack(volumes))
+    wrapper = _nibabel_wrapper(files[2])
+    np.testing.assert_array_equal(wrapper.get_data().transpose(1, 0, 2), volumes[2])
+    [converted] = run_dcm2niix(tmp_path / "in", tmp_path / "out")
+    np.testing.assert_array_equal(matched_voxels(volume, converted), volume.array)
+    np.testing.assert_array_equal(converted.bvals, volume.meta["b_values"])
+    np.testing.assert_allclose(volume.meta["b_vectors_lps"], bvecs_lps(converted), atol=1e-4)
+    np.testing.assert_allclose(volume.meta["b_vectors_lps"], DIRECTIONS, atol=1e-6)
+
+
+def test_fmri_mosaics_are_time_points(tmp_path):
+    write_siemens_mosaic(_phantom(n=3), make_affine((3, 3, 3)), tmp_path)
+    assert [s.part for s in find_dicom_series(tmp_path)] == ["t1", "t2", "t3"]
+    assert load_dicom_series(tmp_path, as_4d=True).meta["num_volumes"] == 3
+
+
+def test_mosaic_claiming_more_images_than_its_tiles_is_refused(tmp_path):
+    [path] = write_siemens_mosaic(_phantom(n=1), make_affine(), tmp_path, claimed_images=10_000)
+    with pytest.raises(CorruptFileError, match="claims 10000 images") as err:
+        load_dicom_series(tmp_path)
+    assert err.value.path == str(path)
+
+
+def test_mosaic_without_csa_uses_the_private_count(tmp_path):
+    volumes = _phantom(n=1)
+    write_siemens_mosaic(volumes, make_affine((2, 2, 3)), tmp_path, csa=False)
+    volume = load_dicom_series(tmp_path)
+    np.testing.assert_array_equal(volume.array[0], volumes[0])
+    np.testing.assert_allclose(volume.affine, make_affine((2, 2, 3)), atol=1e-5)
+    assert any(w.startswith("mosaic-no-slice-normal") for w in volume.warnings)
+
+
+def test_mosaic_with_truncated_csa_or_no_count_is_the_projects_error(tmp_path):
+    [path] = write_siemens_mosaic(_phantom(n=1), make_affine(), tmp_path)
+    ds = pydicom.dcmread(path)
+    ds[0x00291010].value = ds[0x00291010].value[:40]  # cut inside the first tag
+    del ds[0x0019100A]
+    ds.save_as(path)
+    with pytest.raises(CorruptFileError, match="mosaic") as err:
+        load_dicom_series(tmp_path)
+    assert err.value.path == str(path)
+
+
+# -- synthetic single-frame 4D series ----------------------------------------------------------
+
+
+def test_diffusion_series_splits_by_b_value_and_direction(tmp_path):
+    affine = make_affine((2.0, 2.0, 3.0), "oblique")
+    volumes = _phantom()
+    write_multivolume_series(volumes, affine, tmp_path / "in", b_values=[0, 1000, 1000, 1000],
+                             gradients=DIRECTIONS)  # fmt: skip
+    series = find_dicom_series(tmp_path / "in")
+    assert [s.part for s in series] == ["b0", "b1000 dir1", "b1000 dir2", "b1000 dir3"]
+    assert all(s.num_files == 10 for s in series)
+    volume = load_dicom_series(tmp_path / "in", as_4d=True)
+    assert volume.warnings == []
+    np.testing.assert_allclose(volume.array, np.stack(volumes), atol=0.5)
+    [converted] = run_dcm2niix(tmp_path / "in", tmp_path / "out")
+    np.testing.assert_allclose(matched_voxels(volume, converted), volume.array, atol=0.5)
+    np.testing.assert_array_equal(converted.bvals, volume.meta["b_values"])
+    np.testing.assert_allclose(volume.meta["b_vectors_lps"], bvecs_lps(converted), atol=1e-4)
+    # one volume alone, by its key
+    one = load_dicom_series(tmp_path / "in", series_uid=series[2].key)
+    np.testing.assert_allclose(one.array[0], volumes[2], atol=0.5)
+
+
+def test_multi_echo_series_against_dcm2niix(tmp_path):
+    volumes = _phantom(n=3)
+    write_multivolume_series(volumes, make_affine((1.5, 1.5, 2.0)), tmp_path / "in", echo_times=[5, 10, 15])
+    assert [s.part for s in find_dicom_series(tmp_path / "in")] == ["echo 1", "echo 2", "echo 3"]
+    volume = load_dicom_series(tmp_path / "in", as_4d=True)
+    assert volume.meta["echo_times"] == [5.0, 10.0, 15.0]
+    converted = run_dcm2niix(tmp_path / "in", tmp_path / "out")  # one file per echo: _e1, _e2, _e3
+    assert len(converted) == 3
+    for n, echo in enumerate(converted):
+        np.testing.assert_allclose(matched_voxels(volume, echo)[0], volume.array[n], atol=0.5)
+
+
+def test_magnitude_and_phase_are_two_volumes(tmp_path):
+    magnitude, phase = _phantom(n=2)
+    phase -= 500  # signed, as phase images are
+    write_multivolume_series([magnitude, phase], make_affine(), tmp_path / "in", image_kinds=["M", "P"])
+    assert [s.part for s in find_dicom_series(tmp_path / "in")] == ["magnitude", "phase"]
+    volume = load_dicom_series(tmp_path / "in", as_4d=True)
+    assert [v["image_kind"] for v in volume.meta["volumes"]] == ["M", "P"]
+    np.testing.assert_allclose(volume.array[1], phase, atol=0.5)
+    converted = run_dcm2niix(tmp_path / "in", tmp_path / "out")  # the phase goes to its own _ph file
+    assert len(converted) == 2
+    for n, image in enumerate(converted):
+        assert np.corrcoef(matched_voxels(volume, image)[0].ravel(), volume.array[n].ravel())[0, 1] > 0.999999
+
+
+def test_4d_volume_missing_an_end_slice_is_the_projects_error(tmp_path):
+    volumes = _phantom(n=3)
+    files = write_multivolume_series(volumes, make_affine(), tmp_path, b_values=[0, 1000, 1000],
+                                     gradients=DIRECTIONS[:3])  # fmt: skip
+    files[-1].unlink()  # the last slice of the last volume
+    with pytest.raises(SeriesGeometryError, match="not on the grid"):
+        load_dicom_series(tmp_path, as_4d=True)
+    # each complete volume still loads alone
+    assert find_dicom_series(tmp_path)[0].load().shape == (1, 24, 20, 10)
+
+
+def test_a_file_with_a_conflicting_b_value_is_named(tmp_path):
+    files = write_multivolume_series(_phantom(n=2), make_affine(), tmp_path, b_values=[0, 1000],
+                                     gradients=DIRECTIONS[:2])  # fmt: skip
+    ds = pydicom.dcmread(files[13])
+    ds.DiffusionBValue = 500.0
+    ds.save_as(files[13])
+    with pytest.raises(UnsupportedFormatError) as err:
+        load_dicom_series(tmp_path, as_4d=True)
+    assert err.value.path == str(files[13])
+
+
+def test_without_as_4d_several_volumes_are_listed_not_collapsed(tmp_path):
+    write_multivolume_series(_phantom(n=2), make_affine(), tmp_path, b_values=[0, 1000],
+                             gradients=DIRECTIONS[:2])  # fmt: skip
+    from medres3d.errors import MultipleSeriesError
+
+    with pytest.raises(MultipleSeriesError, match="b1000 dir1"):
+        load_dicom_series(tmp_path)
