@@ -7,9 +7,18 @@ stride-1 stem by default (8x the activations of MATLAB's stride-2 stem) and stri
 given per sample and per FLOP. ``monai-stride2`` (``conv1_t_stride=2``) is MONAI's network with
 the same stem stride as MATLAB's, the closest like-for-like comparison.
 
+With ``--backends`` the medres3d network's forward pass is timed in each inference backend
+instead (``torch``: eager; ``torch-fused``: BatchNorm folded; ``torch-fused-cl``: folded and
+channels-last-3d; ``torch-bf16``: folded, bf16 autocast; ``onnxruntime``; ``openvino``;
+``openvino-bf16``), alternated with MONAI's ``resnet50(conv1_t_stride=2)`` in eager PyTorch, with
+the largest probability difference of each against PyTorch fp32.
+
 Usage:
     python benchmarks/bench_model.py                       # CPU fp32, 1x64^3, batch 2
     python benchmarks/bench_model.py --device cuda --amp bf16 --channels-last --size 128 --batch 8
+    python benchmarks/bench_model.py --backends torch,torch-fused,onnxruntime,openvino --no-train
+    python benchmarks/bench_model.py --backends torch,torch-fused,onnxruntime,openvino --network small \
+        --size 48 --batch 8
 
 Example output line:
     medres3d      forward 0.412 s (4.9 samples/s, 10.3 GFLOP/s) | train step 1.30 s (1.5 samples/s)
@@ -43,6 +52,129 @@ def build_models(num_classes: int, size: int, which: list[str]) -> dict[str, nn.
     return {name: builders[name]() for name in which}
 
 
+def build_small(num_classes: int, size: int) -> nn.Module:
+    """The small network of the backend comparison: stem, three stages of one basic block (16/32/64)."""
+    from medres3d.models.resnet3d import resnet3d
+
+    return resnet3d((size, size, size, 1), num_classes, initial_num_filters=16, num_filters=(16, 32, 64),
+                    stack_depth=(1, 1, 1), bottleneck_type="none", normalization="none")
+
+
+def backend_forwards(names: list[str], net: nn.Module, device: torch.device,
+                     folder: str) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """name -> a function from an input batch to logits, one per backend (exported into ``folder``)."""
+    from medres3d.inference.backends import exported_network, read_export
+    from medres3d.inference.export import export_model
+    from medres3d.inference.prepare_network import prepare_network
+    from medres3d.modelfile import save_model
+
+    net = net.to(device).eval()
+    exports: dict[str, str] = {}
+
+    def exported(fmt: str) -> str:
+        if fmt not in exports:
+            model = save_model(net.cpu(), f"{folder}/model.safetensors",
+                               class_names=[f"c{i}" for i in range(net.num_classes)])
+            net.to(device)
+            export_model(model, f"{folder}/{fmt}", fmt)
+            exports[fmt] = f"{folder}/{fmt}"
+        return exports[fmt]
+
+    def autocast_run(module: nn.Module, dtype: torch.dtype | None, channels_last: bool = False):
+        def run(x: torch.Tensor) -> torch.Tensor:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                return module(x).float()
+        return run
+
+    forwards: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    for name in names:
+        if name == "torch":
+            forwards[name] = autocast_run(net, None)
+        elif name == "torch-fused":
+            forwards[name] = autocast_run(prepare_network(net), None)
+        elif name == "torch-fused-cl":
+            forwards[name] = autocast_run(prepare_network(net, channels_last=True), None, channels_last=True)
+        elif name == "torch-bf16":
+            forwards[name] = autocast_run(prepare_network(net), torch.bfloat16)
+        elif name == "torch-compile":
+            forwards[name] = autocast_run(prepare_network(net, compile=True), None)
+        elif name in ("onnxruntime", "openvino", "openvino-bf16"):
+            backend = name.split("-")[0]
+            fmt = "onnx" if backend == "onnxruntime" else "openvino"
+            runtime = exported_network(read_export(exported(fmt)), backend, device=str(device),
+                                       precision="bf16" if name.endswith("bf16") else "fp32")
+            forwards[name] = lambda x, runtime=runtime: runtime(x.cpu())
+        else:
+            raise SystemExit(f"unknown backend {name!r}")
+    return forwards
+
+
+def run_backends(args: argparse.Namespace) -> None:
+    """Forward throughput of medres3d in each backend against MONAI eager, alternated in one run."""
+    import tempfile
+
+    from monai.networks.nets import resnet50
+
+    from medres3d.models.analysis import count_macs
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    net = (build_small(args.classes, args.size) if args.network == "small"
+           else build_models(args.classes, args.size, ["medres3d"])["medres3d"])
+    for module in net.modules():  # trained-looking BatchNorm statistics, so folding has work to do
+        if isinstance(module, nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    with torch.no_grad():  # logits of a few units, as a trained network gives: probabilities not saturated
+        net.eval()
+        net.fc.weight.mul_(3.0 / net(torch.randn(2, 1, args.size, args.size, args.size)).abs().max())
+        net.fc.bias.zero_()
+    monai = resnet50(spatial_dims=3, n_input_channels=1, num_classes=args.classes, conv1_t_stride=2)
+    monai = monai.to(device).eval()
+    shape = (args.batch, 1, args.size, args.size, args.size)
+    x = torch.randn(shape, device=device)
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        forwards = backend_forwards(args.backends.split(","), net, device, folder)
+        setup = time.perf_counter() - start
+
+        def monai_forward(batch: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return monai(batch)
+
+        forwards = {"monai-stride2 (eager)": monai_forward, **forwards}
+        times: dict[str, list[float]] = {name: [] for name in forwards}
+        outputs: dict[str, torch.Tensor] = {}
+        for repeat in range(args.warmup + args.repeats):
+            for name, forward in forwards.items():  # alternated inside every repetition
+                synchronize(device)
+                start = time.perf_counter()
+                out = forward(x)
+                synchronize(device)
+                if repeat >= args.warmup:
+                    times[name].append(time.perf_counter() - start)
+                outputs[name] = out.float().cpu()
+    flops = {name: 2 * count_macs(module, shape) / args.batch
+             for name, module in (("medres3d", net), ("monai", monai))}
+    print(f"{args.network} input {shape}, device {device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats} alternated repetitions "
+          f"({args.warmup} warm-up), export and load {setup:.1f} s; GFLOPs/sample medres3d "
+          f"{flops['medres3d'] / 1e9:.2f}, MONAI {flops['monai'] / 1e9:.2f}")
+    base = statistics.median(times["monai-stride2 (eager)"])
+    reference = torch.softmax(outputs["torch"], -1) if "torch" in outputs else None
+    print(f"{'backend':<24}{'median s':>10}{'min s':>9}{'samples/s':>11}{'x MONAI':>9}{'x torch':>9}"
+          f"{'max |dp| vs torch':>19}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        versus_torch = (statistics.median(times["torch"]) / median) if "torch" in times else float("nan")
+        diff = "" if reference is None or name.startswith("monai") else (
+            f"{(torch.softmax(outputs[name], -1) - reference).abs().max().item():.1e}")
+        print(f"{name:<24}{median:>10.3f}{min(values):>9.3f}{args.batch / median:>11.2f}{base / median:>9.2f}"
+              f"{versus_torch:>9.2f}{diff:>19}")
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -62,7 +194,16 @@ def main() -> None:
     parser.add_argument("--models", default="medres3d,monai,monai-stride2",
                         help="comma-separated subset of medres3d, monai, monai-stride2")
     parser.add_argument("--no-train", action="store_true", help="time the forward pass only")
+    parser.add_argument("--backends", default=None,
+                        help="compare inference backends instead: comma-separated torch, torch-fused, "
+                             "torch-fused-cl, torch-bf16, torch-compile, onnxruntime, openvino, "
+                             "openvino-bf16")
+    parser.add_argument("--network", choices=("resnet50", "small"), default="resnet50",
+                        help="with --backends: MATLAB's ResNet-50 or the small network (16/32/64 filters)")
     args = parser.parse_args()
+    if args.backends:
+        run_backends(args)
+        return
 
     from medres3d.models.analysis import count_macs
 

@@ -14,8 +14,14 @@ load from other processes hits all three alike:
 Peak memory is the growth of the peak resident set (Linux VmHWM, reset before each call) on the
 CPU, or ``torch.cuda.max_memory_allocated`` on a GPU.
 
+``--backend`` runs the network's forward pass in another backend (``torch-fused``: BatchNorm
+folded; ``onnxruntime``; ``openvino``), for all three methods alike: the medres3d / model-only ratio
+is then the overhead of medres3d's windows over that backend's own compute. ONNX Runtime and
+OpenVINO use their own thread pools (all cores), whatever ``--threads`` says.
+
 Usage:
     python benchmarks/bench_sliding_window.py               # CPU, a few minutes on 2 cores
+    python benchmarks/bench_sliding_window.py --backend openvino --volume 192 192 144 --window 64 64 48
     python benchmarks/bench_sliding_window.py --device cuda --volume 256 256 192 --repeats 10
 """
 
@@ -61,6 +67,26 @@ def measure(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float
     return seconds, cpu_seconds, (peak - base) / 2**20, out
 
 
+def backend_network(net: torch.nn.Module, backend: str, device: torch.device) -> torch.nn.Module:
+    """``net`` as ``backend`` runs it (exported to a temporary folder for a runtime backend)."""
+    import tempfile
+
+    from medres3d.inference.backends import exported_network, read_export
+    from medres3d.inference.export import export_model
+    from medres3d.inference.prepare_network import prepare_network
+    from medres3d.modelfile import save_model
+
+    if backend == "torch":
+        return net
+    if backend == "torch-fused":
+        return prepare_network(net)
+    with tempfile.TemporaryDirectory() as folder:
+        model = save_model(net.cpu(), f"{folder}/model.safetensors", class_names=["a", "b"])
+        fmt = "onnx" if backend == "onnxruntime" else "openvino"
+        export_model(model, f"{folder}/{fmt}", fmt)
+        return exported_network(read_export(f"{folder}/{fmt}"), backend, device=str(device))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,6 +101,8 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="CPU threads (1: CPU time then measures work, not waiting)"
     )
+    parser.add_argument("--backend", choices=("torch", "torch-fused", "onnxruntime", "openvino"),
+                        default="torch", help="what runs the forward pass of each window batch")
     args = parser.parse_args()
 
     from monai.inferers import sliding_window_inference
@@ -92,7 +120,8 @@ def main() -> None:
         bottleneck_type="none",
         normalization="none",
     )
-    net = net.to(device).eval()
+    parameters = sum(p.numel() for p in net.parameters())  # a runtime backend's network holds none
+    net = backend_network(net.to(device).eval(), args.backend, device)
     volume = torch.randn(1, *args.volume)
     grid = WindowGrid.create(volume.shape[1:], args.window, 0.5)
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
@@ -142,8 +171,9 @@ def main() -> None:
             outputs[name] = out.cpu()
 
     print(
-        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, amp {args.amp}, "
-        f"filters {f}/{2 * f}/{4 * f}, {sum(p.numel() for p in net.parameters())} parameters"
+        f"backend {args.backend}, device {device}, torch {torch.__version__}, threads "
+        f"{torch.get_num_threads()}, amp {args.amp}, "
+        f"filters {f}/{2 * f}/{4 * f}, {parameters} parameters"
     )
     print(
         f"volume {tuple(args.volume)}, window {tuple(args.window)}, {grid.num_windows} windows, "

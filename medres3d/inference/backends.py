@@ -280,8 +280,12 @@ def _openvino_runner(exported: ExportedModel, device: str | torch.device, precis
 
 
 def _torchscript_runner(exported: ExportedModel, device: str | torch.device, precision: str) -> Callable:
+    import warnings
+
     try:
-        module = torch.jit.load(str(exported.model_path), map_location="cpu").eval()
+        with warnings.catch_warnings():  # its deprecation notice: TorchScript export is still offered
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            module = torch.jit.load(str(exported.model_path), map_location="cpu").eval()
     except Exception as err:  # a damaged archive raises RuntimeError from the zip reader
         raise ModelFileError(exported.model_path, f"torch.jit cannot load it: {err}") from err
     dtype = torch.bfloat16 if precision == "bf16" else None

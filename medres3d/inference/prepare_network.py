@@ -92,8 +92,7 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
     for stack in fused.stacks():
         for block in stack:
             _fold_block(block)
-    for parameter in fused.parameters():
-        parameter.requires_grad_(False)
+    # parameters keep requires_grad: Grad-CAM differentiates through the folded network too
     return fused
 
 
