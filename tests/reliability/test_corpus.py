@@ -361,7 +361,7 @@ CASES: dict[str, Case] = {
         CorruptFileError,
         r"Rows=0 is not a valid image size",
     ),
-    "dcm-no-pixel-data": Case(_no_pixel_data, CorruptFileError, r"ends before the pixel data"),
+    "dcm-no-pixel-data": Case(_no_pixel_data, NotAnImageError, r"has no pixel data"),
     "dcm-rgb": Case(_rgb_dicom, UnsupportedFormatError, r"colour image"),
     "dcm-single-slice": Case(lambda tmp: c.dicom_series(tmp / "s")[0], UnsupportedFormatError, r"single 2D"),
     "seg": Case(_object("SEG", "seg.dcm"), NotAnImageError, r"Segmentation Storage \(SEG\)"),

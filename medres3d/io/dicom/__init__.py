@@ -73,6 +73,8 @@ def load_dicom_series(
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
     strict: bool = False,
     as_4d: bool = False,
+    philips_scaling: str = "display",
+    resample: str | None = None,
 ) -> Volume:
     """Load the image series in a folder (searched recursively) or in a list of files.
 
@@ -94,6 +96,10 @@ def load_dicom_series(
             b-values, b-vectors and echo times in ``meta``
             (see :func:`medres3d.io.dicom.multivolume.load_4d`).
             ``series_uid`` then names the series (a uid or any of its parts' keys).
+        philips_scaling: "display" (default) or "precise" (Philips' floating-point values, as
+            dcm2niix gives by default); see :func:`medres3d.io.dicom.series.load_series`.
+        resample: None (default) or "even": a tilted or unevenly spaced series resampled onto an
+            even orthogonal grid (a ``resampled-even`` warning and ``meta["resampled"]``).
 
     Raises:
         NotAnImageError: no image series (the message summarizes what was skipped and why).
@@ -119,7 +125,10 @@ def load_dicom_series(
         volume = load_4d(parts, dtype=dtype, max_voxels=max_voxels, strict=strict)
     else:
         chosen = _choose(where, scan, series_uid)
-        volume = chosen.load(dtype=dtype, max_voxels=max_voxels, strict=strict)
+        volume = chosen.load(
+            dtype=dtype, max_voxels=max_voxels, strict=strict, philips_scaling=philips_scaling,
+            resample=resample,
+        )
     extra = []
     others = [s for s in scan.series if s.is_localizer and s.uid != chosen.uid]
     if others and not chosen.is_localizer:
@@ -141,12 +150,16 @@ def load_dicom_file(
     dtype: str = "float32",
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
     strict: bool = False,
+    philips_scaling: str = "display",
+    resample: str | None = None,
 ) -> Volume:
     """Load one multi-frame DICOM file (Enhanced CT/MR, Legacy Converted, RT Dose) as a volume.
 
     Args:
         path: the file.
-        dtype, max_voxels, strict: as :func:`load_dicom_series`.
+        dtype, max_voxels, strict, philips_scaling, resample: as :func:`load_dicom_series`.
+            A file without any geometry loads with a ``no-geometry`` warning (frames in stored
+            order, identity-like affine), and is a SeriesGeometryError with ``strict``.
 
     Raises:
         UnsupportedFormatError: a single-frame file ("a single 2D slice; pass the series folder"),
@@ -167,7 +180,10 @@ def load_dicom_file(
             header.path,
             "a single 2D slice; pass the series folder (or the list of its files) to load a volume",
         )
-    return load_multiframe(header, dtype=dtype, max_voxels=max_voxels, strict=strict)
+    return load_multiframe(
+        header, dtype=dtype, max_voxels=max_voxels, strict=strict, philips_scaling=philips_scaling,
+        resample=resample,
+    )  # fmt: skip
 
 
 def _choose(where: Path, scan: DicomScan, series_uid: str | None) -> DicomSeries:

@@ -58,9 +58,11 @@ PRIVATE_SCAN_TAGS: dict[int, tuple[str, bool | str, str]] = {
     0x001910BC: ("GEGradientY", False, "GEMS_ACQU_01"),
     0x001910BD: ("GEGradientZ", False, "GEMS_ACQU_01"),
     0x00431039: ("GESlopInt6to9", False, "GEMS_PARM_01"),
+    # Philips MR Scale Slope: the "precise" (floating-point) value is displayed / (RS * this)
+    0x2005100E: ("PhilipsScaleSlope", "FL", "PHILIPS MR IMAGING DD 001"),
 }
 # The private creators of those blocks.
-_CREATOR_TAGS = {0x00190010: "Creator0019", 0x00430010: "Creator0043"}
+_CREATOR_TAGS = {0x00190010: "Creator0019", 0x00430010: "Creator0043", 0x20050010: "Creator2005"}
 
 _FAST_TAGS = {
     **tag_table(SCAN_TAGS),
@@ -165,7 +167,19 @@ def read_header(path: str | os.PathLike[str], fast: bool = True) -> FileHeader |
                 peek = fp.read(4)
                 has_pixels = peek in _PIXEL_TAG_BYTES
                 if not peek and ("Rows" in ds or "Image Storage" in UID(_sop_class(ds)).name):
-                    return SkippedFile(path, "file is truncated: it ends before the pixel data", "unreadable")
+                    # group 0028 (Rows, Columns) comes just before the pixel data: a header cut
+                    # on an element boundary lacks it, a header-only export keeps it
+                    complete = "Rows" in ds and "Columns" in ds
+                    if not (complete and _ends_on_an_element(fp, size, has_prefix)):
+                        return SkippedFile(
+                            path, "file is truncated: it ends before the pixel data", "unreadable"
+                        )
+                    return SkippedFile(
+                        path,
+                        f"has no pixel data: its header ends without a PixelData element "
+                        f"({UID(_sop_class(ds)).name or 'unknown SOP class'}; a header-only export?)",
+                        "non-image",
+                    )
         # pydicom converts values on first access: a damaged value raises here, not in dcmread
         values = {kw: ds.get(kw) for kw in SCAN_TAGS if kw in ds}
         values.update(_private_values(ds))
@@ -176,6 +190,25 @@ def read_header(path: str | os.PathLike[str], fast: bool = True) -> FileHeader |
     except _HEADER_ERRORS as err:
         return SkippedFile(path, f"unreadable DICOM header: {err}", "unreadable")
     return _classify(path, values, has_pixels, pixel_offset)
+
+
+def _ends_on_an_element(fp: BinaryIO, size: int, has_prefix: bool) -> bool:
+    """True when the file's last top-level element ends exactly at the end of the file.
+
+    Tells a header-only file (complete, without pixel data) from a copy cut before or inside
+    the pixel data element: pydicom stops silently at a partial element header. Only called for
+    files that end before any pixel data, so the second, full header parse costs nothing otherwise.
+    """
+    fp.seek(0)
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not has_prefix)
+    except _HEADER_ERRORS:
+        return False
+    raw = [elem for elem in ds._dict.values() if hasattr(elem, "value_tell")]  # unconverted elements
+    if not raw:
+        return True  # only sequences, whose ends pydicom does not keep: nothing says it was cut
+    last = max(raw, key=lambda elem: elem.value_tell)
+    return last.length != 0xFFFFFFFF and last.value_tell + last.length == size
 
 
 def _sop_class(ds: pydicom.Dataset) -> str:
@@ -345,7 +378,7 @@ def _classify(
             bits_allocated=bits_allocated,
             bits_stored=_int(ds, "BitsStored", bits_allocated),
             pixel_representation=_int(ds, "PixelRepresentation", 0),
-            slope=_float(ds, "RescaleSlope", 1.0),
+            slope=_slope(ds, sop_name),
             intercept=_float(ds, "RescaleIntercept", 0.0),
             transfer_syntax=str(ds["TransferSyntaxUID"]),
             pixel_offset=pixel_offset,
@@ -356,6 +389,7 @@ def _classify(
             b_value=_b_value(ds),
             gradient=_gradient(ds),
             mosaic_images=_mosaic_images(ds),
+            philips_scale_slope=_philips_scale_slope(ds),
         )
     except (ValueError, TypeError, OverflowError) as err:
         return SkippedFile(path, f"unreadable DICOM header value: {err}", "unreadable")
@@ -441,3 +475,24 @@ def _mosaic_images(ds: dict[str, Any]) -> int | None:
     if _creator(ds, "Creator0019") != "SIEMENS MR HEADER":
         return None
     return _int(ds, "SiemensImagesInMosaic", None)
+
+
+def _slope(ds: dict[str, Any], sop_name: str) -> float:
+    """RescaleSlope; for RT Dose, DoseGridScaling (dose = stored value x scaling, PS3.3 C.8.8.3).
+
+    RT Dose has no Modality LUT: its stored values are in units of DoseGridScaling, for a
+    single-frame dose file as for a multi-frame one.
+    """
+    if "RT Dose" in sop_name or str(ds.get("Modality", "") or "") == "RTDOSE":
+        scaling = _multi(ds.get("DoseGridScaling"))
+        if scaling and scaling[0] not in ("", None):
+            return float(scaling[0])  # a malformed scaling is an error, like a malformed slope
+    return _float(ds, "RescaleSlope", 1.0)
+
+
+def _philips_scale_slope(ds: dict[str, Any]) -> float | None:
+    """Philips' MR Scale Slope (2005,100E) when the private block is Philips' and the value usable."""
+    if _creator(ds, "Creator2005") != "PHILIPS MR IMAGING DD 001":
+        return None
+    value = _optional_float(ds, "PhilipsScaleSlope")
+    return value if value is not None and math.isfinite(value) and value != 0 else None

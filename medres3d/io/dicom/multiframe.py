@@ -33,7 +33,7 @@ from pydicom.errors import BytesLengthException
 from medres3d.errors import CorruptFileError, ResourceLimitError, SeriesGeometryError, UnsupportedFormatError
 from medres3d.io.dicom.geometry import unit_vectors
 from medres3d.io.dicom.header import read_dataset_header
-from medres3d.io.dicom.pixels import read_frames
+from medres3d.io.dicom.pixels import output_rescale, read_frames
 from medres3d.io.dicom.stack import SliceSource, build_volume, check_image_size, series_meta
 from medres3d.io.dicom.types import FileHeader
 from medres3d.io.limits import DEFAULT_MAX_VOXELS, check_voxel_count
@@ -45,7 +45,7 @@ _ORIENTATION_TOL = 1e-3
 # The only elements the geometry needs (the rest of a large Enhanced header is not converted).
 _GEOMETRY_TAGS = [
     "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "GridFrameOffsetVector",
-    "DoseGridScaling",
+    "DoseGridScaling", "SpacingBetweenSlices", "SliceThickness",
 ]  # fmt: skip
 # positions (one per frame), orientation, pixel spacing, slopes and intercepts (one per frame)
 _Geometry = tuple[list[Sequence[float]], Sequence[float], Sequence[float], list[float], list[float]]
@@ -58,6 +58,8 @@ def load_multiframe(
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
     strict: bool = False,
     notes: Sequence[str] = (),
+    philips_scaling: str = "display",
+    resample: str | None = None,
 ) -> Volume:
     """Load a multi-frame file whose frames are parallel slices; options as ``load_series``.
 
@@ -68,7 +70,10 @@ def load_multiframe(
         CorruptFileError: a header that cannot be parsed, or undecodable pixel data.
         ResourceLimitError: more voxels than ``max_voxels``.
     """
-    return load_multiframe_files([header], dtype=dtype, max_voxels=max_voxels, strict=strict, notes=notes)
+    return load_multiframe_files(
+        [header], dtype=dtype, max_voxels=max_voxels, strict=strict, notes=notes,
+        philips_scaling=philips_scaling, resample=resample,
+    )  # fmt: skip
 
 
 def load_multiframe_files(
@@ -79,6 +84,8 @@ def load_multiframe_files(
     strict: bool = False,
     notes: Sequence[str] = (),
     workers: int | None = None,
+    philips_scaling: str = "display",
+    resample: str | None = None,
 ) -> Volume:
     """Stack the frames of one or more multi-frame files of one series (one frame per file included).
 
@@ -102,7 +109,8 @@ def load_multiframe_files(
     )
     total = sum(h.frames for h in headers)
     check_voxel_count((1, first.columns, first.rows, total), where, max_voxels)
-    geometries = [frame_geometry(h) for h in headers]
+    notes = list(notes)
+    geometries = [frame_geometry(h, strict=strict, notes=notes) for h in headers]
     if len(headers) > 1:
         labels = [h.path.name for h in headers]
         _check_same(
@@ -120,14 +128,15 @@ def load_multiframe_files(
                 h.path,
                 f"{h.path.name} frame {f + 1}",
                 positions[f],
-                slopes[f],
-                intercepts[f],
+                *output_rescale(h, slopes[f], intercepts[f], philips_scaling),
                 functools.partial(decoded.frame, f),
             )
             for f in range(h.frames)
         ]
     meta = series_meta(first)
     meta["num_frames"] = total
+    if any(h.philips_scale_slope is not None for h in headers):
+        meta["philips_scaling"] = philips_scaling
     if len(headers) > 1:
         meta["num_files"] = len(headers)
     return build_volume(
@@ -143,6 +152,7 @@ def load_multiframe_files(
         strict=strict,
         # one file is decoded once and the per-frame work left is a copy; several decode in parallel
         workers=1 if len(headers) == 1 else workers,
+        resample=resample,
     )
 
 
@@ -161,13 +171,17 @@ class _DecodedFile:
         return self._frames[index]
 
 
-def frame_geometry(header: FileHeader) -> _Geometry:
+def frame_geometry(header: FileHeader, *, strict: bool = True, notes: list[str] | None = None) -> _Geometry:
     """Per-frame positions, the orientation, the pixel spacing and per-frame rescale of a multi-frame file.
+
+    A file without any geometry (no functional groups, no ImagePositionPatient/Orientation: e.g.
+    a classic multi-frame MR export) is an error with ``strict``; otherwise its frames are placed
+    in stored order on an identity-like grid (see :func:`_no_geometry`), and a ``no-geometry``
+    warning is appended to ``notes``.
 
     Raises:
         CorruptFileError: the header cannot be parsed.
-        SeriesGeometryError: malformed or inconsistent per-frame geometry.
-        UnsupportedFormatError: frames without any geometry.
+        SeriesGeometryError: malformed or inconsistent per-frame geometry; no geometry and ``strict``.
     """
     try:
         ds = read_dataset_header(header.path, _GEOMETRY_TAGS)
@@ -176,6 +190,13 @@ def frame_geometry(header: FileHeader) -> _Geometry:
     except Exception as err:  # pydicom raises several types on a damaged header
         raise CorruptFileError(header.path, f"cannot read the multi-frame header: {err}") from err
     try:
+        missing = _missing_geometry(ds, header)
+        if missing is not None:
+            if strict:
+                raise SeriesGeometryError(
+                    header.path, f"{missing}: its frames cannot be placed in space (strict=True)"
+                )
+            return _no_geometry(ds, header, missing, notes)
         return _enhanced_geometry(ds, header) if header.is_enhanced else _grid_offset_geometry(ds, header)
     # pydicom converts values on access: a damaged one raises BytesLengthException/NotImplementedError
     except (AttributeError, IndexError, KeyError, TypeError, ValueError, NotImplementedError,
@@ -183,6 +204,50 @@ def frame_geometry(header: FileHeader) -> _Geometry:
         raise SeriesGeometryError(
             header.path, f"malformed per-frame geometry: {type(err).__name__}: {err}"
         ) from err
+
+
+def _missing_geometry(ds: pydicom.Dataset, header: FileHeader) -> str | None:
+    """What makes a file's frames unplaceable (None when it has geometry to read)."""
+    if header.is_enhanced:
+        shared_seq = ds.get("SharedFunctionalGroupsSequence")
+        shared_plane = bool(shared_seq) and bool(shared_seq[0].get("PlanePositionSequence"))
+        if not ds.get("PerFrameFunctionalGroupsSequence") and not shared_plane:
+            return "has no PerFrameFunctionalGroupsSequence (and no shared PlanePositionSequence)"
+        return None
+    if header.position is None or header.orientation is None:
+        return "has no ImagePositionPatient/ImageOrientationPatient and no functional groups"
+    if not ds.get("GridFrameOffsetVector"):
+        return "has ImagePositionPatient but no GridFrameOffsetVector (no functional groups)"
+    return None
+
+
+def _no_geometry(
+    ds: pydicom.Dataset, header: FileHeader, missing: str, notes: list[str] | None
+) -> _Geometry:
+    """Frames in stored order, on LPS axes: spacing from the header where it has one, else 1 mm.
+
+    The affine is then diagonal (RAS: ``diag(-dx, -dy, dz)``, the LPS identity scaled) with the
+    origin at 0: the voxels are right, their place in the patient is unknown.
+    """
+    spacing = header.pixel_spacing or (1.0, 1.0)
+    depth, source = 1.0, "1 mm (no SpacingBetweenSlices/SliceThickness)"
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        value = ds.get(keyword)
+        if value not in (None, "") and float(value) > 0:
+            depth, source = float(value), f"{float(value):g} mm ({keyword})"
+            break
+    message = (
+        f"no-geometry: {header.path.name} {missing}: its {header.frames} frames are stacked in stored "
+        f"order on an identity-like grid (pixel spacing {'x'.join(f'{v:g}' for v in spacing)} mm"
+        f"{'' if header.pixel_spacing else ' (assumed)'}, slice spacing {source}, origin 0, LPS axes); "
+        "the voxels are right but their position in the patient is unknown (strict=True refuses such files)"
+    )
+    if notes is not None:
+        notes.append(message)
+    positions = [[0.0, 0.0, f * depth] for f in range(header.frames)]
+    return positions, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), spacing, [header.slope] * header.frames, [
+        header.intercept
+    ] * header.frames
 
 
 def _enhanced_geometry(ds: pydicom.Dataset, header: FileHeader) -> _Geometry:

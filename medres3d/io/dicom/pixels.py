@@ -207,3 +207,32 @@ def rescale_into(out: np.ndarray, frame: np.ndarray, slope: float, intercept: fl
         np.copyto(out, frame, casting="unsafe")
         if intercept:
             out += out.dtype.type(intercept)
+
+
+# philips_scaling=: "display" keeps RescaleSlope/Intercept (what the scanner displays, and what
+# pydicom, SimpleITK and MONAI give); "precise" divides by Philips' MR Scale Slope as dcm2niix does.
+PHILIPS_SCALINGS = ("display", "precise")
+
+
+def output_rescale(
+    header: FileHeader, slope: float, intercept: float, philips_scaling: str
+) -> tuple[float, float]:
+    """The slope and intercept to apply to stored values, Philips' precise scaling included.
+
+    Philips stores a floating-point "precise" value FP = DV / (RS * SS), where DV = PV * RS + RI is
+    the displayed value and SS the MR Scale Slope (2005,100E): FP = PV / SS + RI / (RS * SS)
+    (dcm2niix's formula). Without a usable SS (other vendors, a zero or NaN value) the display
+    rescale is returned unchanged.
+
+    Example:
+        >>> from dataclasses import replace
+        >>> from pydicom.data import get_testdata_file
+        >>> from medres3d.io.dicom.header import read_header
+        >>> h = replace(read_header(get_testdata_file("MR_small.dcm")), philips_scale_slope=4.0)
+        >>> output_rescale(h, 2.0, 10.0, "precise")
+        (0.25, 1.25)
+    """
+    scale = header.philips_scale_slope
+    if philips_scaling == "display" or scale is None or slope == 0:
+        return slope, intercept
+    return 1.0 / scale, intercept / (slope * scale)

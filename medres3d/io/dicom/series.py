@@ -21,11 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from medres3d._checks import check_choice
 from medres3d.errors import SeriesGeometryError, UnsupportedFormatError
 from medres3d.io.dicom.mosaic import load_mosaic
 from medres3d.io.dicom.multiframe import load_multiframe_files
-from medres3d.io.dicom.pixels import read_frames
-from medres3d.io.dicom.stack import SliceSource, build_volume, check_image_size, series_meta
+from medres3d.io.dicom.pixels import PHILIPS_SCALINGS, output_rescale, read_frames
+from medres3d.io.dicom.stack import (
+    SliceSource,
+    build_volume,
+    check_image_size,
+    series_meta,
+    validate_resample,
+)
 from medres3d.io.dicom.types import FileHeader
 from medres3d.io.limits import DEFAULT_MAX_VOXELS
 from medres3d.io.volume import Volume
@@ -117,6 +124,8 @@ def load_series(
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
     strict: bool = False,
     workers: int | None = None,
+    philips_scaling: str = "display",
+    resample: str | None = None,
 ) -> Volume:
     """Load one scanned series (see the module docstring); multi-frame files (one or several) go to
     :func:`medres3d.io.dicom.multiframe.load_multiframe_files`.
@@ -130,6 +139,13 @@ def load_series(
         strict: raise SeriesGeometryError on missing slices, uneven spacing and conflicting
             duplicates instead of warning.
         workers: decoding threads (None: one per CPU, at most 8).
+        philips_scaling: "display" (default: RescaleSlope/Intercept, the values the scanner shows
+            and every other DICOM reader returns, so results do not change with the reader) or
+            "precise": Philips' floating-point values (divided by MR Scale Slope (2005,100E), as
+            dcm2niix does by default). Other vendors' files are the same either way.
+        resample: None (default: slices at their true positions, a possibly sheared grid) or
+            "even": a tilted or unevenly spaced series resampled onto an even orthogonal grid
+            (:mod:`medres3d.io.dicom.evengrid`), with a ``resampled-even`` warning.
 
     Raises:
         SeriesGeometryError: missing or inconsistent geometry; irregular slices when ``strict``.
@@ -142,13 +158,16 @@ def load_series(
         >>> vol.array.dtype                                                  # doctest: +SKIP
         dtype('int16')
     """
+    check_choice("philips_scaling", philips_scaling, PHILIPS_SCALINGS)
+    validate_resample(resample)
     headers = list(series.headers)
     if len(headers) == 1 and headers[0].is_mosaic and not headers[0].is_multiframe:
         return load_mosaic(headers[0], dtype=dtype, max_voxels=max_voxels, notes=series.notes)
     if all(h.is_multiframe for h in headers):
         return load_multiframe_files(
-            headers, dtype=dtype, max_voxels=max_voxels, strict=strict, notes=series.notes, workers=workers
-        )
+            headers, dtype=dtype, max_voxels=max_voxels, strict=strict, notes=series.notes, workers=workers,
+            philips_scaling=philips_scaling, resample=resample,
+        )  # fmt: skip
     where = series.folder
     first = headers[0]
     for h in headers:
@@ -166,10 +185,15 @@ def load_series(
             first.path, "a single 2D slice; pass the series folder (or a multi-frame file) to load a volume"
         )
     sources = [
-        SliceSource(h.path, h.path.name, h.position, h.slope, h.intercept, _single_frame_reader(h))  # type: ignore[arg-type]
+        SliceSource(
+            h.path, h.path.name, h.position, *output_rescale(h, h.slope, h.intercept, philips_scaling),  # type: ignore[arg-type]
+            _single_frame_reader(h),
+        )
         for h in headers
     ]
     meta = series_meta(first)
+    if any(h.philips_scale_slope is not None for h in headers):
+        meta["philips_scaling"] = philips_scaling
     meta["num_files"] = len(headers)
     return build_volume(
         sources,
@@ -183,6 +207,7 @@ def load_series(
         max_voxels=max_voxels,
         strict=strict,
         workers=workers,
+        resample=resample,
     )
 
 

@@ -50,6 +50,11 @@ _MAX_SIDE = 65535
 # Warnings listing files name at most this many.
 _MAX_NAMED = 5
 _DTYPES = ("float32", "float64", "native")
+# resample=: None keeps the slices where they are (an exact, possibly sheared grid); "even"
+# resamples a tilted or unevenly spaced stack onto an even orthogonal grid (medres3d.io.dicom.evengrid).
+RESAMPLE_CHOICES = ("even",)
+# The plan's warnings that resample="even" corrects.
+_EVEN_CORRECTS = ("uneven-spacing:", "gantry-tilt:")
 
 
 @dataclass(frozen=True)
@@ -128,8 +133,15 @@ def build_volume(
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
     strict: bool = False,
     workers: int | None = None,
+    resample: str | None = None,
 ) -> Volume:
-    """Plan, check, allocate once, decode in place, wrap as a Volume (for series and multi-frame)."""
+    """Plan, check, allocate once, decode in place, wrap as a Volume (for series and multi-frame).
+
+    ``resample="even"`` resamples a tilted or unevenly spaced stack onto an even orthogonal grid
+    (see :mod:`medres3d.io.dicom.evengrid`), reported as a ``resampled-even`` warning and
+    ``meta["resampled"]``; uneven spacing is then no longer an error under ``strict``.
+    """
+    validate_resample(resample)
     template = headers[0]
     for source in sources:
         if source.slope == 0:  # not "no rescale": every voxel would be the intercept, a blank slice
@@ -146,8 +158,10 @@ def build_volume(
         raise UnsupportedFormatError(
             where, f"all {len(sources)} images are at the same position: a single 2D slice, not a volume"
         )
-    if strict and plan.errors:
-        raise SeriesGeometryError(where, "; ".join(plan.errors) + " (strict=True)")
+    corrected = [w for w in plan.warnings if w.startswith(_EVEN_CORRECTS)] if resample == "even" else []
+    errors = [e for e in plan.errors if e not in corrected]
+    if strict and errors:
+        raise SeriesGeometryError(where, "; ".join(errors) + " (strict=True)")
     rows, cols = template.rows, template.columns
     check_voxel_count((1, cols, rows, plan.num_slices), where, max_voxels)
 
@@ -167,6 +181,15 @@ def build_volume(
     if plan.missing:
         # slice by slice: buffer[kept].min() would copy the whole volume first
         buffer[plan.missing] = min(buffer[k].min() for _, k in plan.slices)
+    affine_ras = plan.affine_ras
+    resampled = None
+    if corrected:
+        buffer, affine_ras, resampled, note = _resample_even(
+            buffer, plan, positions, orientation, pixel_spacing
+        )
+        warnings.append(note)
+        if out_dtype.kind != "f":
+            dtype_note = "native-dtype: the slices were resampled (resample='even'): the values are float32"
     if dtype_note:
         warnings.append(dtype_note)
     if template.photometric == "MONOCHROME1":
@@ -185,15 +208,55 @@ def build_volume(
         "rescale": {"slope": slopes[0], "intercept": intercepts[0]}
         if uniform
         else {"slope": slopes, "intercept": intercepts, "per_slice": True},
-        "num_slices": plan.num_slices,
+        "num_slices": len(buffer),
         "missing_slices": plan.missing,
         "warnings": warnings,
     }
+    if resampled is not None:
+        meta["resampled"] = resampled
     # (k, rows, cols) -> (1, i=cols, j=rows, k): a view, no copy.
     array = buffer.transpose(2, 1, 0)[None]
-    return Volume(
-        array, plan.affine_ras, modality=template.modality or None, meta=meta, source=os.fspath(where)
+    return Volume(array, affine_ras, modality=template.modality or None, meta=meta, source=os.fspath(where))
+
+
+def validate_resample(resample: str | None) -> str | None:
+    """Return ``resample`` if it is None or one of :data:`RESAMPLE_CHOICES`, else raise ConfigError."""
+    if resample is not None:
+        check_choice("resample", resample, RESAMPLE_CHOICES)
+    return resample
+
+
+def _resample_even(
+    buffer: np.ndarray,
+    plan: StackPlan,
+    positions: np.ndarray,
+    orientation: Sequence[float],
+    pixel_spacing: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any], str]:
+    """The real slices of ``buffer`` on an even orthogonal grid: slices, RAS affine, meta, warning."""
+    from medres3d.io.dicom.evengrid import resample_even, tilt_degrees
+
+    ks = [k for _, k in plan.slices]
+    real = positions[[src for src, _ in plan.slices]]
+    fill = float(min(buffer[k].min() for k in ks))  # as a missing slice is filled
+    slices, affine_lps = resample_even(buffer[ks], real, orientation, pixel_spacing, fill=fill)
+    spacing = float(np.linalg.norm(affine_lps[:3, 2]))
+    tilt = tilt_degrees(real, orientation)
+    info = {
+        "method": "even",
+        "source_slices": len(ks),
+        "slices": len(slices),
+        "slice_spacing": spacing,
+        "tilt_degrees": tilt,
+        "source_affine": plan.affine_ras.tolist(),
+    }
+    note = (
+        f"resampled-even: {len(ks)} slices resampled onto an even orthogonal grid of {len(slices)} slices "
+        f"{spacing:.3f} mm apart along the slice normal (tilt {tilt:.2f} degrees corrected by shifting each "
+        "slice in-plane, spacing by linear interpolation along the normal, as dcm2niix corrects them); "
+        f"pixels no slice covers are {fill:g}"
     )
+    return slices, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps, info, note
 
 
 def _checked(source: SliceSource, rows: int, cols: int) -> np.ndarray:

@@ -80,6 +80,7 @@ class FileHeader:
     b_value: float | None = None
     gradient: tuple[float, float, float] | None = None  # diffusion direction, scanner frame (LPS)
     mosaic_images: int | None = None  # Siemens NumberOfImagesInMosaic (0019,100A)
+    philips_scale_slope: float | None = None  # Philips MR Scale Slope (2005,100E), for precise values
 
     @property
     def is_multiframe(self) -> bool:

@@ -1,0 +1,171 @@
+"""resample="even", Philips precise scaling, RT Dose scaling, header-only files and files without geometry."""
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+import medres3d as mr
+from medres3d.errors import NotAnImageError, SeriesGeometryError
+from medres3d.io.dicom import load_dicom_file, load_dicom_series
+from medres3d.io.dicom.header import read_header
+from medres3d.synthetic import make_affine, write_dicom_series
+
+SHAPE = (24, 20)
+
+
+def _linear(world: np.ndarray) -> np.ndarray:
+    """A phantom that linear interpolation reproduces exactly: a linear function of RAS world position."""
+    return 2.0 * world[0] + 3.0 * world[1] + 5.0 * world[2] + 100.0
+
+
+def _slice_values(affine: np.ndarray, k: float) -> np.ndarray:
+    i, j = np.meshgrid(np.arange(SHAPE[0]), np.arange(SHAPE[1]), indexing="ij")
+    idx = np.stack([i, j, np.full_like(i, k, dtype=float), np.ones_like(i, dtype=float)]).reshape(4, -1)
+    return _linear(affine @ idx).reshape(SHAPE)
+
+
+def _write_slices(folder: Path, affine: np.ndarray, depths: list[float]) -> None:
+    """One file per slice at grid depth ``k`` (fractional k: uneven positions), values linear in world."""
+    uids = {"series_uid": pydicom.uid.generate_uid(), "study_uid": pydicom.uid.generate_uid(),
+            "frame_of_reference_uid": pydicom.uid.generate_uid()}  # fmt: skip
+    for n, k in enumerate(depths):
+        origin = affine @ [0, 0, k, 1]
+        shifted = affine.copy()
+        shifted[:3, 3] = origin[:3]
+        values = _slice_values(affine, k)[..., None]
+        write_dicom_series(values, shifted, folder, file_prefix=f"s{n:03d}_", **uids)
+
+
+def _check_linear(vol, fill_margin: int = 2) -> None:
+    data = vol.array[0]
+    i, j, k = np.meshgrid(*(np.arange(n) for n in data.shape), indexing="ij")
+    world = vol.affine @ np.stack([i, j, k, np.ones_like(i)]).reshape(4, -1)
+    expected = _linear(world).reshape(data.shape)
+    inner = data[fill_margin:-fill_margin, fill_margin:-fill_margin]
+    covered = inner != float(data.min())  # pixels shifted out of the source slices hold the fill value
+    assert covered.mean() > 0.7
+    diff = np.abs(inner - expected[fill_margin:-fill_margin, fill_margin:-fill_margin])[covered]
+    assert diff.max() <= 0.51  # the stored values are rounded to integers
+
+
+def test_uneven_spacing_resampled_even_reproduces_a_linear_phantom(tmp_path):
+    affine = make_affine((0.8, 0.9, 2.0))
+    depths = [0.0, 1.0, 2.0, 3.4, 4.0, 5.0, 6.0, 7.3, 8.0]
+    _write_slices(tmp_path, affine, depths)
+    plain = load_dicom_series(tmp_path)
+    assert any(w.startswith("uneven-spacing:") for w in plain.warnings)
+    with pytest.raises(SeriesGeometryError, match="uneven-spacing"):
+        load_dicom_series(tmp_path, strict=True)
+
+    vol = mr.load_volume(tmp_path, resample="even", strict=True)  # corrected, so not an error
+    assert vol.shape == (1, *SHAPE, 9)
+    np.testing.assert_allclose(vol.affine[:3, :3], np.diag([0.8, 0.9, 2.0]), atol=1e-9)
+    np.testing.assert_allclose(vol.affine[:3, 3], affine[:3, 3], atol=1e-9)
+    notes = [w for w in vol.warnings if w.startswith("resampled-even:")]
+    assert len(notes) == 1 and "9 slices resampled onto an even orthogonal grid of 9 slices" in notes[0]
+    assert vol.meta["resampled"]["slice_spacing"] == pytest.approx(2.0)
+    _check_linear(vol)
+    # slices already on the even grid are copied, not interpolated
+    np.testing.assert_array_equal(vol.array[0, ..., 0], plain.array[0, ..., 0])
+
+
+def test_gantry_tilt_resampled_even_gives_an_orthogonal_grid(tmp_path):
+    affine = make_affine((0.7, 0.7, 2.5), tilt_deg=20.0)
+    _write_slices(tmp_path, affine, [float(k) for k in range(10)])
+    plain = load_dicom_series(tmp_path)
+    assert any(w.startswith("gantry-tilt:") for w in plain.warnings)
+    vol = load_dicom_series(tmp_path, resample="even")
+    columns = vol.affine[:3, :3]
+    gram = columns.T @ columns
+    np.testing.assert_allclose(gram - np.diag(np.diag(gram)), 0, atol=1e-9)  # orthogonal axes
+    np.testing.assert_allclose(vol.affine[:3, :2], plain.affine[:3, :2], atol=1e-9)  # in-plane kept
+    assert vol.meta["resampled"]["tilt_degrees"] == pytest.approx(20.0, abs=0.01)
+    _check_linear(vol)
+
+
+def test_resample_is_validated(tmp_path):
+    with pytest.raises(mr.errors.ConfigError, match="resample"):
+        load_dicom_series(get_testdata_file("CT_small.dcm"), resample="evenly")
+
+
+def _philips(path: Path, scale_slope: float) -> None:
+    ds = pydicom.dcmread(path)
+    block = ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True)
+    block.add_new(0x0E, "FL", scale_slope)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_philips_precise_scaling_divides_by_the_scale_slope(tmp_path):
+    data = np.random.default_rng(3).integers(0, 1000, (8, 8, 5)).astype(np.float64)
+    files = write_dicom_series(
+        data, np.eye(4), tmp_path, modality="MR", rescale_slope=2.0, rescale_intercept=10.0
+    )
+    for f in files:
+        _philips(f, 0.5)
+    assert read_header(files[0]).philips_scale_slope == 0.5
+    display = mr.load_volume(tmp_path)
+    precise = mr.load_volume(tmp_path, philips_scaling="precise")
+    # dcm2niix's precise value: (PV * RS + RI) / (RS * SS) = displayed / (RS * SS)
+    np.testing.assert_allclose(precise.array, display.array / (2.0 * 0.5), rtol=1e-6)
+    assert display.meta["philips_scaling"] == "display" and precise.meta["philips_scaling"] == "precise"
+    with pytest.raises(mr.errors.ConfigError, match="philips_scaling"):
+        mr.load_volume(tmp_path, philips_scaling="float")
+
+
+def test_other_vendors_are_the_same_with_precise_scaling(tmp_path):
+    write_dicom_series(np.ones((8, 8, 4)), np.eye(4), tmp_path, modality="MR", rescale_slope=2.0)
+    a, b = mr.load_volume(tmp_path), mr.load_volume(tmp_path, philips_scaling="precise")
+    np.testing.assert_array_equal(a.array, b.array)
+    assert "philips_scaling" not in a.meta
+
+
+def test_single_frame_rt_dose_applies_dose_grid_scaling():
+    single = read_header(get_testdata_file("rtdose_1frame.dcm"))
+    multi = load_dicom_file(get_testdata_file("rtdose.dcm"), dtype="float64")
+    stored = pydicom.dcmread(get_testdata_file("rtdose_1frame.dcm")).pixel_array
+    assert single.slope == pytest.approx(1e-6)
+    # the single frame is the multi-frame file's first frame, scaled the same way
+    np.testing.assert_allclose(multi.array[0, ..., 0].T, stored * 1e-6)
+
+
+def test_header_only_file_has_no_pixel_data_not_truncated(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.PixelData
+    ds.save_as(tmp_path / "header_only.dcm")
+    with pytest.raises(NotAnImageError, match="has no pixel data"):
+        load_dicom_file(tmp_path / "header_only.dcm")
+
+
+def test_multiframe_without_geometry_loads_with_a_warning(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("rtdose.dcm"))
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "GridFrameOffsetVector"):
+        delattr(ds, keyword)
+    ds.SliceThickness = 3.0
+    path = tmp_path / "nogeo.dcm"
+    ds.save_as(path)
+    vol = load_dicom_file(path, dtype="float64")
+    assert vol.shape == (1, 10, 10, 15)
+    assert vol.warnings[0].startswith("no-geometry: nogeo.dcm has no ImagePositionPatient")
+    np.testing.assert_allclose(vol.affine, np.diag([-10.0, -10.0, 3.0, 1.0]))
+    stored = ds.pixel_array * float(ds.DoseGridScaling)  # frames in stored order
+    np.testing.assert_allclose(vol.array[0].transpose(2, 1, 0), stored)
+    with pytest.raises(SeriesGeometryError, match=r"has no ImagePositionPatient.*\(strict=True\)"):
+        load_dicom_file(path, strict=True)
+
+
+def test_enhanced_without_functional_groups_says_so(tmp_path):
+    from medres3d.synthetic import write_enhanced_dicom
+
+    path = write_enhanced_dicom(np.ones((6, 6, 4)), np.eye(4), tmp_path / "e.dcm")
+    ds = pydicom.dcmread(path)
+    del ds.PerFrameFunctionalGroupsSequence
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    if "PlanePositionSequence" in shared:
+        del shared.PlanePositionSequence
+    ds.save_as(path)
+    with pytest.raises(SeriesGeometryError, match="has no PerFrameFunctionalGroupsSequence"):
+        load_dicom_file(path, strict=True)
+    assert load_dicom_file(path).warnings[0].startswith("no-geometry:")
