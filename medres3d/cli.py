@@ -46,8 +46,15 @@ def train(
     no_progress: Annotated[bool, typer.Option(
         "--no-progress", help="no progress bar, one plain line per epoch (the default when stderr is not "
                               "a terminal: logs, CI)")] = False,
+    folds: Annotated[int | None, typer.Option(
+        "--folds", help="K-fold cross-validation (stratified, grouped by patient): a run per fold in "
+                        "output_dir/fold_K and a summary; default: the config's cross_validation.folds",
+        show_default=False)] = None,
 ) -> None:
     """Train a network from a YAML config; under torchrun, data-parallel over all processes.
+
+    With --folds K (or cross_validation.folds), one run per fold and cv_summary.md/.json,
+    oof_predictions.csv and roc_folds.png in output_dir; --resume skips finished folds.
 
     Writes model.safetensors, metrics.csv, config.yaml (resolved), training_curves.png and
     confusion_matrix.png to the config's output_dir. Rows per class and one line per epoch go
@@ -55,13 +62,21 @@ def train(
 
     Example: torchrun --nproc_per_node 4 -m medres3d.cli train sample_configs/ct_resnet18_hu_window.yaml
     """
+    from medres3d.runtime import process_place
     from medres3d.training import Trainer
     from medres3d.training.config import load_config
 
     with _usage_errors():
         train_config = load_config(config)
+        if folds is not None or train_config.cross_validation.folds is not None:
+            from medres3d.training.cv import cross_validate
+
+            cv = cross_validate(train_config, folds=folds, resume=resume, progress=not no_progress)
+            if process_place().rank == 0:
+                typer.echo(cv.to_markdown())
+                typer.echo(f"run folder: {cv.run_dir} ({', '.join(sorted(cv.files))}, fold_1/ ...)")
+            return
         result = Trainer(train_config, resume=resume, progress=not no_progress).fit()
-    from medres3d.runtime import process_place
 
     if process_place().rank != 0:
         return

@@ -195,6 +195,13 @@ class TrainingConfig(_Section):
         return value
 
 
+class CrossValidationConfig(_Section):
+    """Stratified, grouped K-fold cross-validation (``medres3d train CONFIG --folds K`` sets ``folds``)."""
+
+    folds: int | None = Field(None, ge=2, description="number of folds; null: one training run, no folds")
+    resamples: int = Field(2000, ge=1, description="bootstrap resamples of the pooled out-of-fold metrics")
+
+
 class TrainConfig(_Section):
     """A whole training run. Build it with :func:`load_config` or :meth:`from_dict`.
 
@@ -210,6 +217,7 @@ class TrainConfig(_Section):
     model: ModelConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     output_dir: Path = Field(Path("runs/train"), description="run folder (relative to the config file)")
+    cross_validation: CrossValidationConfig = Field(default_factory=CrossValidationConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

@@ -272,7 +272,7 @@ def _ordered(metrics: dict[str, MetricEstimate], names: Sequence[str]) -> dict[s
     return {key: metrics[key] for key in keys}
 
 
-def _curve_classes(y: np.ndarray, names: Sequence[str]) -> list[int]:
+def curve_classes(y: np.ndarray, names: Sequence[str]) -> list[int]:
     """The classes whose one-vs-rest curves are drawn: the positive one of two, else every class present."""
     from medres3d.inference.aggregation import resolve_negative_class
 
@@ -308,7 +308,7 @@ def write_evaluation(result: EvaluationResult, y: np.ndarray, probs: np.ndarray,
     names = result.class_names
     if len(np.unique(y)) >= 2:
         roc, pr = {}, {}
-        for c in _curve_classes(y, names):
+        for c in curve_classes(y, names):
             auc, ap = result.metrics[f"roc_auc[{names[c]}]"], result.metrics[f"average_precision[{names[c]}]"]
             roc[f"{names[c]} (AUC {_with_ci(auc)})"] = roc_curve(y == c, probs[:, c])
             pr[f"{names[c]} (AP {_with_ci(ap)})"] = precision_recall_curve(y == c, probs[:, c])

@@ -194,6 +194,8 @@ class Trainer:
         resume: continue from ``output_dir/checkpoint.pt`` if it exists.
         progress: show a Rich progress bar when stderr is a terminal.
         verbose: write the class counts and epoch lines (False: silent).
+        split: (train rows, validation rows) to use instead of the manifest's own split (a
+            cross-validation fold, :mod:`medres3d.training.cv`); rows of ``data.manifest``.
 
     Example:
         >>> trainer = Trainer(load_config("sample_configs/tiny.yaml"))   # doctest: +SKIP
@@ -201,13 +203,16 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, *, resume: bool = False, progress: bool = True,
-                 verbose: bool = True) -> None:
+                 verbose: bool = True,
+                 split: tuple[Sequence[manifest.ManifestRow], Sequence[manifest.ManifestRow]] | None = None
+                 ) -> None:
         if not isinstance(config, TrainConfig):
             raise ConfigError(f"Trainer needs a TrainConfig, got {type(config).__name__}; use load_config()")
         self.config = config
         self.resume = resume
         self.progress = progress
         self.verbose = verbose
+        self.split = None if split is None else (list(split[0]), list(split[1]))
         self.run_dir = Path(config.output_dir)
         self._bar: Any = None  # the Rich progress bar while one is shown
 
@@ -257,7 +262,10 @@ class Trainer:
         manifest_path = cfg.data.manifest
         rows = manifest.read_manifest(manifest_path)
         names = manifest.class_names_of(rows, cfg.data.class_names, manifest_path)
-        train_rows, val_rows = manifest.split_rows(rows, cfg.data.val_fraction, cfg.training.seed)
+        if self.split is None:
+            train_rows, val_rows = manifest.split_rows(rows, cfg.data.val_fraction, cfg.training.seed)
+        else:
+            train_rows, val_rows = self.split
         # Shown before any refusal: the table is what tells a typo from a real rare class.
         self._log(ctx, manifest.split_table(manifest_path, names, {"train": train_rows, "val": val_rows}))
         if cfg.data.class_names is None:
