@@ -160,7 +160,7 @@ class Classifier:
     @classmethod
     def load(
         cls,
-        model_file: str | os.PathLike[str],
+        model_file: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         device: str | torch.device = "auto",
         *,
         backend: str = "torch",
@@ -174,6 +174,9 @@ class Classifier:
         (preprocessing, windows, aggregation, evidence, errors) is the same for all. ``precision``
         ``"fp32"`` or ``"bf16"`` (None: the backend's default, fp32 on the CPU).
 
+        A list of model files is an ensemble: the members' window probabilities are averaged
+        (:mod:`medres3d.inference.ensemble`); they must share classes, preprocessing and input.
+
         Raises:
             ModelFileError: the file is not a valid medres3d model or export.
             NormalizationNotFittedError: its input normalization was never fitted.
@@ -183,10 +186,19 @@ class Classifier:
             >>> clf = Classifier.load("model.safetensors", device="cpu", overlap=0.25)  # doctest: +SKIP
             >>> detector = Classifier.load("model.safetensors", aggregate="any")        # doctest: +SKIP
             >>> fast = Classifier.load("export-dir", backend="openvino")                 # doctest: +SKIP
+            >>> folds = Classifier.load(["fold_1/model.safetensors", "fold_2/model.safetensors"])
+            ...                                                          # doctest: +SKIP
         """
         from medres3d.inference.network_loader import load_network
 
-        loaded = load_network(model_file, backend=backend, precision=precision, device=device)
+        if isinstance(model_file, (list, tuple)):
+            from medres3d.inference.ensemble import load_ensemble
+
+            loaded = load_ensemble(model_file, backend=backend, precision=precision, device=device)
+            source = " + ".join(os.fspath(m) for m in model_file)
+        else:
+            loaded = load_network(model_file, backend=backend, precision=precision, device=device)
+            source = os.fspath(model_file)
         if "amp" in options and "amp" in loaded.options:
             raise ConfigError(f"give precision ({precision!r}) or amp ({options['amp']!r}), not both")
         return cls(
@@ -194,7 +206,7 @@ class Classifier:
             loaded.class_names,
             loaded.preprocessing,
             device=loaded.device,
-            source=os.fspath(model_file),
+            source=source,
             **{**loaded.options, **options},
         )
 

@@ -1,0 +1,100 @@
+"""Ensembles: Classifier.load([...]) averages the members' probabilities; mismatched members are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medres3d.errors import ConfigError
+
+TINY = dict(initial_num_filters=4, num_filters=(4, 8), stack_depth=(1, 1), initial_stride=1)
+NAMES = ["normal", "lesion"]
+
+
+def _member(tmp_path, seed: int, names=NAMES, spec=None, size=(16, 16, 8)):
+    from medres3d import fit_normalization, resnet3d, save_model
+
+    torch.manual_seed(seed)
+    net = resnet3d(size, 2, normalization="zscore", **TINY)
+    fit_normalization(net, [torch.randn(2, 1, *size) * 3 + 5])
+    path = tmp_path / f"member{seed}.safetensors"
+    return save_model(net.eval(), path, class_names=names, preprocessing=spec)
+
+
+@pytest.fixture
+def scans():
+    rng = np.random.default_rng(0)
+    # one scan the size of the input, one that needs 3 windows, one smaller (padded)
+    return [rng.normal(5, 3, shape).astype(np.float32) for shape in ((16, 16, 8), (32, 16, 8), (12, 16, 8))]
+
+
+def test_an_ensemble_of_identical_members_equals_one_member(tmp_path, scans):
+    from medres3d import Classifier
+
+    member = _member(tmp_path, 0)
+    one = Classifier.load(member, device="cpu", evidence=False)
+    three = Classifier.load([member, member, member], device="cpu", evidence=False)
+    for scan in scans:
+        a, b = one.predict(scan), three.predict(scan)
+        assert b.probabilities == pytest.approx(a.probabilities, abs=1e-6)
+        assert (a.label, a.num_windows) == (b.label, b.num_windows)
+    assert three.source == f"{member} + {member} + {member}"
+
+
+def test_the_ensemble_is_the_mean_of_its_members(tmp_path, scans):
+    from medres3d import Classifier
+
+    paths = [_member(tmp_path, seed) for seed in (1, 2, 3)]
+    members = [Classifier.load(p, device="cpu", evidence=False) for p in paths]
+    ensemble = Classifier.load(paths, device="cpu", evidence=False)
+    for scan in scans:
+        expected = np.mean([[m.predict(scan).probabilities[n] for n in NAMES] for m in members], axis=0)
+        got = ensemble.predict(scan).probabilities
+        assert [got[n] for n in NAMES] == pytest.approx(expected.tolist(), abs=1e-6)
+    # and the members do differ, or the test would prove nothing
+    first, second = (m.predict(scans[0]).probabilities["lesion"] for m in members[:2])
+    assert abs(first - second) > 1e-4
+
+
+def test_members_that_differ_are_refused_naming_what_differs(tmp_path):
+    from medres3d import Classifier, PreprocessingSpec
+
+    base = _member(tmp_path, 0)
+    swapped = _member(tmp_path, 1, names=["lesion", "normal"])
+    with pytest.raises(ConfigError, match=r"share their class names: .*member0.safetensors has \['normal', "
+                                          r"'lesion'\], .*member1.safetensors has \['lesion', 'normal'\]"):
+        Classifier.load([base, swapped], device="cpu")
+    ct = _member(tmp_path, 2, spec=PreprocessingSpec.preset("ct"))
+    with pytest.raises(ConfigError, match="share their preprocessing"):
+        Classifier.load([base, ct], device="cpu")
+    larger = _member(tmp_path, 3, size=(16, 16, 16))
+    with pytest.raises(ConfigError, match=r"share their network input size: .* has \(16, 16, 8\), .* has "
+                                          r"\(16, 16, 16\)"):
+        Classifier.load([base, larger], device="cpu")
+    with pytest.raises(ConfigError, match="at least one model file"):
+        Classifier.load([], device="cpu")
+
+
+def test_evaluate_an_ensemble(tmp_path):
+    import nibabel as nib
+
+    sk = pytest.importorskip("sklearn.metrics")
+    from medres3d import Classifier, evaluate
+
+    rng = np.random.default_rng(1)
+    lines = ["path,label"]
+    for i in range(12):
+        nib.save(nib.Nifti1Image(rng.normal(5 + i % 2, 3, (16, 16, 8)).astype(np.float32), np.eye(4)),
+                 tmp_path / f"s{i}.nii.gz")
+        lines.append(f"s{i}.nii.gz,{NAMES[i % 2]}")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    paths = [_member(tmp_path, seed) for seed in (4, 5)]
+    result = evaluate(paths, manifest, split="all", num_resamples=50, device="cpu")
+    members = [Classifier.load(p, device="cpu", evidence=False) for p in paths]
+    p_lesion = [np.mean([m.predict(tmp_path / f"s{i}.nii.gz").probabilities["lesion"] for m in members])
+                for i in range(12)]
+    assert result.metrics["roc_auc[lesion]"].value == pytest.approx(
+        sk.roc_auc_score([i % 2 for i in range(12)], p_lesion), abs=1e-6)
+    assert result.model == " + ".join(str(p) for p in paths)
