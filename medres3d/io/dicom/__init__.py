@@ -122,7 +122,10 @@ def load_dicom_series(
     if as_4d:
         parts = _choose_4d(where, scan, series_uid)
         chosen = parts[0]
-        volume = load_4d(parts, dtype=dtype, max_voxels=max_voxels, strict=strict)
+        volume = load_4d(
+            parts, dtype=dtype, max_voxels=max_voxels, strict=strict, philips_scaling=philips_scaling,
+            resample=resample,
+        )  # fmt: skip
     else:
         chosen = _choose(where, scan, series_uid)
         volume = chosen.load(

@@ -42,12 +42,15 @@ def load_4d(
     dtype: str = "float32",
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
     strict: bool = False,
+    philips_scaling: str = "display",
+    resample: str | None = None,
 ) -> Volume:
     """Stack the 3D volumes ``parts`` of one series along the channel axis.
 
     Args:
         parts: the image parts of one SeriesInstanceUID (from :func:`~medres3d.io.dicom.find_dicom_series`).
-        dtype, max_voxels, strict: as :func:`medres3d.io.dicom.load_dicom_series`; ``max_voxels``
+        dtype, max_voxels, strict, philips_scaling, resample: as
+            :func:`medres3d.io.dicom.load_dicom_series`, applied to every volume; ``max_voxels``
             bounds the whole 4D array, checked from the headers before any pixel is read.
 
     Returns:
@@ -68,12 +71,14 @@ def load_4d(
     ordered = sorted(parts, key=lambda s: min(_order(h) for h in s.headers))
     claimed = sum(s.rows * s.columns * max(1, s.num_frames) for s in ordered)
     check_voxel_count((1, claimed, 1, 1), ordered[0].folder, max_voxels)
-    first = ordered[0].load(dtype=dtype, max_voxels=max_voxels, strict=strict)
+    options = {"dtype": dtype, "max_voxels": max_voxels, "strict": strict,
+               "philips_scaling": philips_scaling, "resample": resample}  # fmt: skip
+    first = ordered[0].load(**options)
     array = np.empty((len(ordered), *first.spatial_shape), dtype=first.array.dtype)
     array[0] = first.array[0]
     warnings = [f"[{ordered[0].part or ordered[0].key}] {w}" for w in first.warnings]
     for n, part in enumerate(ordered[1:], start=1):
-        volume = part.load(dtype=dtype, max_voxels=max_voxels, strict=strict)
+        volume = part.load(**options)
         if volume.spatial_shape != first.spatial_shape or not np.allclose(
             volume.affine, first.affine, atol=_GRID_TOL
         ):

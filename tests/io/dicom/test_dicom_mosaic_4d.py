@@ -224,3 +224,26 @@ def test_without_as_4d_several_volumes_are_listed_not_collapsed(tmp_path):
 
     with pytest.raises(MultipleSeriesError, match="b1000 dir1"):
         load_dicom_series(tmp_path)
+
+
+def test_as_4d_passes_philips_scaling_and_resample_to_every_volume(tmp_path):
+    affine = make_affine((2.0, 2.0, 3.0), "oblique")
+    volumes = _phantom(n=2)
+    files = write_multivolume_series(volumes, affine, tmp_path, b_values=[0, 1000], gradients=DIRECTIONS[:2])
+    normal_lps = affine[:3, 2] * np.array([-1.0, -1.0, 1.0])  # 3 mm along the slice normal
+    block_tag = "Philips MR Imaging DD 001"
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.private_block(0x2005, block_tag, create=True).add_new(0x0E, "FL", 0.5)
+        if f.name.endswith("_0004.dcm"):  # slice 4 of each volume 1.2 mm off the even grid
+            moved = np.asarray(ds.ImagePositionPatient, dtype=float) + 0.4 * normal_lps
+            ds.ImagePositionPatient = [float(v) for v in moved]
+        ds.save_as(f)
+    display = load_volume(tmp_path, as_4d=True)
+    assert any("uneven-spacing" in w for w in display.warnings)
+    precise = load_volume(tmp_path, as_4d=True, philips_scaling="precise", resample="even")
+    assert precise.meta["philips_scaling"] == "precise"
+    assert sum("resampled-even" in w for w in precise.warnings) == 2  # one per volume
+    one = load_dicom_series(tmp_path, series_uid=find_dicom_series(tmp_path)[1].key, resample="even")
+    np.testing.assert_allclose(precise.array[1], one.array[0] / 0.5, rtol=1e-6)
+    np.testing.assert_allclose(precise.affine, one.affine, atol=1e-9)
