@@ -64,9 +64,9 @@ def load_multiframe(
     """Load a multi-frame file whose frames are parallel slices; options as ``load_series``.
 
     Raises:
-        UnsupportedFormatError: no per-frame geometry, or a single frame.
+        UnsupportedFormatError: a single frame.
         SeriesGeometryError: frames in different orientations or with different pixel spacings;
-            irregular frames when ``strict``.
+            irregular frames, or no geometry at all (otherwise a ``no-geometry`` warning), when ``strict``.
         CorruptFileError: a header that cannot be parsed, or undecodable pixel data.
         ResourceLimitError: more voxels than ``max_voxels``.
     """
@@ -292,13 +292,12 @@ def _enhanced_geometry(ds: pydicom.Dataset, header: FileHeader) -> _Geometry:
 
 
 def _grid_offset_geometry(ds: pydicom.Dataset, header: FileHeader) -> _Geometry:
+    """RT Dose style frames: ImagePositionPatient plus GridFrameOffsetVector along the normal.
+
+    Only called once :func:`_missing_geometry` found the position, orientation and offsets present.
+    """
     offsets = ds.get("GridFrameOffsetVector")
-    if header.position is None or header.orientation is None or not offsets:
-        raise UnsupportedFormatError(
-            header.path,
-            "multi-frame file without per-frame positions (no functional groups, no "
-            "ImagePositionPatient + GridFrameOffsetVector): its frames cannot be placed in space",
-        )
+    assert header.position is not None and header.orientation is not None and offsets  # _missing_geometry
     if header.pixel_spacing is None:
         raise SeriesGeometryError(header.path, "no valid PixelSpacing: the in-plane voxel size is unknown")
     offsets = np.asarray([float(v) for v in offsets], dtype=np.float64)

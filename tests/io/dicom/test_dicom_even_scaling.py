@@ -169,3 +169,20 @@ def test_enhanced_without_functional_groups_says_so(tmp_path):
     with pytest.raises(SeriesGeometryError, match="has no PerFrameFunctionalGroupsSequence"):
         load_dicom_file(path, strict=True)
     assert load_dicom_file(path).warnings[0].startswith("no-geometry:")
+
+
+@pytest.mark.parametrize(
+    "removed", ["ImagePositionPatient", "ImageOrientationPatient", "GridFrameOffsetVector"]
+)
+def test_multiframe_missing_one_grid_tag_is_no_geometry_never_unsupported(tmp_path, removed):
+    # Each missing tag is caught by the no-geometry check before the RT Dose grid is read: a warning,
+    # or SeriesGeometryError with strict, never the UnsupportedFormatError the grid reader once had.
+    ds = pydicom.dcmread(get_testdata_file("rtdose.dcm"))
+    delattr(ds, removed)
+    path = tmp_path / "partial.dcm"
+    ds.save_as(path)
+    vol = load_dicom_file(path)
+    assert vol.shape == (1, 10, 10, 15)
+    assert [w for w in vol.warnings if w.startswith("no-geometry: partial.dcm has ")]
+    with pytest.raises(SeriesGeometryError, match=r"\(strict=True\)"):
+        load_dicom_file(path, strict=True)
