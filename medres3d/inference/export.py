@@ -166,6 +166,9 @@ def export_model(
     if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 1:
         raise ConfigError(f"probe_size must be a positive integer, got {probe_size!r}")
     start = time.perf_counter()
+    # the packages first: a missing one must not leave an empty or half-written folder behind
+    for package in {"onnx": ("onnx",), "openvino": ("onnx", "openvino"), "torchscript": ()}[format]:
+        require_package(package)
     model_file = Path(model_file)
     model = read_model(model_file)
     require_fitted_normalization(model.net, model_file)

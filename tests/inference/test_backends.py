@@ -140,12 +140,14 @@ def test_a_backend_that_cannot_run_the_format_says_which_can(exports):
         Classifier.load(exports["openvino"], backend="onnxruntime")
 
 
-def test_a_missing_runtime_package_names_the_extra(monkeypatch, model_file):
+def test_a_missing_runtime_package_names_the_extra(monkeypatch, model_file, tmp_path):
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now raises ImportError
     with pytest.raises(BackendNotInstalledError, match=r"pip install 'medres3d\[openvino\]'"):
         backends.require_package("openvino")
-    result = CliRunner().invoke(app, ["export", str(model_file), "--format", "openvino", "--out", "unused"])
+    out = tmp_path / "never-written"
+    result = CliRunner().invoke(app, ["export", str(model_file), "--format", "openvino", "--out", str(out)])
     assert result.exit_code == 2 and "pip install 'medres3d[openvino]'" in result.output
+    assert not out.exists()
 
 
 def test_precision_choices(model_file, exports):
