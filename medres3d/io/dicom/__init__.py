@@ -166,7 +166,7 @@ def load_dicom_file(
 
     Raises:
         UnsupportedFormatError: a single-frame file ("a single 2D slice; pass the series folder"),
-            a colour image, or frames without geometry.
+            or a colour image.
         NotAnImageError: a non-image object (SEG, SR, RTSTRUCT, PR, KO, DICOMDIR...), named.
         CorruptFileError: empty, not DICOM, unreadable or undecodable.
 

@@ -230,12 +230,7 @@ def _no_geometry(
     origin at 0: the voxels are right, their place in the patient is unknown.
     """
     spacing = header.pixel_spacing or (1.0, 1.0)
-    depth, source = 1.0, "1 mm (no SpacingBetweenSlices/SliceThickness)"
-    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
-        value = ds.get(keyword)
-        if value not in (None, "") and float(value) > 0:
-            depth, source = float(value), f"{float(value):g} mm ({keyword})"
-            break
+    depth, source = unplaced_slice_spacing(ds)
     message = (
         f"no-geometry: {header.path.name} {missing}: its {header.frames} frames are stacked in stored "
         f"order on an identity-like grid (pixel spacing {'x'.join(f'{v:g}' for v in spacing)} mm"
@@ -248,6 +243,23 @@ def _no_geometry(
     return positions, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), spacing, [header.slope] * header.frames, [
         header.intercept
     ] * header.frames
+
+
+def unplaced_slice_spacing(ds: pydicom.Dataset) -> tuple[float, str]:
+    """The slice spacing of images without positions, and where it came from (for the warning).
+
+    SpacingBetweenSlices, else SliceThickness (contiguous slices), else 1 mm: with no positions,
+    the header's stated spacing is the best guess, as dcm2niix makes it.
+
+    Example:
+        >>> unplaced_slice_spacing(pydicom.Dataset())
+        (1.0, '1 mm (no SpacingBetweenSlices/SliceThickness)')
+    """
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        value = ds.get(keyword)
+        if value not in (None, "") and float(value) > 0:
+            return float(value), f"{float(value):g} mm ({keyword})"
+    return 1.0, "1 mm (no SpacingBetweenSlices/SliceThickness)"
 
 
 def _enhanced_geometry(ds: pydicom.Dataset, header: FileHeader) -> _Geometry:

@@ -15,8 +15,11 @@ Every file's header is read in parallel (no pixels; see :mod:`medres3d.io.dicom.
 6. a small orientation group (at most 3 files) beside a group at least 4 times larger in the same
    series is a localizer (scouts are often saved with the series they plan);
 7. files without any geometry (no ImagePositionPatient/ImageOrientationPatient) join the largest
-   group of their series (so that loading names them), or, when the whole series has none
-   (projection radiographs, secondary captures), the series is skipped.
+   group of their series (so that loading names them). When the whole series has none, it is a
+   series of its own (loaded in InstanceNumber order with a ``no-geometry`` warning) only if it
+   looks like a cross-sectional stack: at least 2 files, all of one image size, modality CT, MR, PT
+   or NM, not Secondary Capture and not a localizer. Anything else without geometry (projection
+   radiographs CR/DX/MG/XA, secondary captures, a lone slice) is skipped with the reason.
 
 Non-image objects (SEG, SR, RTSTRUCT, PR, KO, DICOMDIR...), non-DICOM and unreadable files come back
 in ``DicomScan.skipped`` with the reason.
@@ -299,9 +302,13 @@ def _split_files(members: list[FileHeader]) -> tuple[list[_Group], list[SkippedF
     with_geometry = [h for h in single if h.position is not None and h.orientation is not None]
     without = [h for h in single if h.position is None or h.orientation is None]
     if single and not with_geometry:
+        why_not = _not_an_unplaced_stack(single)
+        if why_not is None:
+            groups.append(_Group(single, labels={"geometry": "no geometry"}))
+            return groups, []
         reason = (
             "no ImagePositionPatient/ImageOrientationPatient in any file of the series: a projection "
-            "or secondary-capture image, not a cross-sectional volume"
+            f"or secondary-capture image, not a cross-sectional volume ({why_not})"
         )
         return groups, [SkippedFile(h.path, reason, "unsupported") for h in single]
 
@@ -322,6 +329,33 @@ def _split_files(members: list[FileHeader]) -> tuple[list[_Group], list[SkippedF
         else:
             target.headers = sorted(target.headers + without, key=lambda h: str(h.path))
     return groups, []
+
+
+# Modalities whose geometry-less single-frame series are still slice stacks (an old or stripped
+# export): projection modalities (CR, DX, MG, XA, RF, IO, PX...) and everything else are not.
+_CROSS_SECTIONAL = frozenset({"CT", "MR", "PT", "NM"})
+# Secondary Capture Image Storage: screenshots and scanned films, whatever their Modality says.
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _not_an_unplaced_stack(headers: list[FileHeader]) -> str | None:
+    """Why single-frame files without any geometry are not a slice stack to load (None: they are).
+
+    A batch over a PACS folder must not turn radiographs and screenshots into "volumes", so only
+    what can only be a cross-sectional series qualifies (rule 7 of the module docstring).
+    """
+    modalities = sorted({h.modality or "?" for h in headers})
+    if not set(modalities) <= _CROSS_SECTIONAL:
+        return f"modality {'/'.join(modalities)}"
+    if any(h.sop_class_uid.startswith(_SECONDARY_CAPTURE) for h in headers):
+        return "Secondary Capture"
+    if any(h.is_localizer for h in headers):
+        return "ImageType LOCALIZER"
+    if len(headers) < 2:
+        return "a single image"
+    if len({(h.rows, h.columns) for h in headers}) > 1:
+        return "images of different sizes"
+    return None
 
 
 def _group_enhanced(headers: list[FileHeader]) -> list[_Group]:

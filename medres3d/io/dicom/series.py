@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from medres3d._checks import check_choice
-from medres3d.errors import SeriesGeometryError, UnsupportedFormatError
+from medres3d.errors import CorruptFileError, ResourceLimitError, SeriesGeometryError, UnsupportedFormatError
+from medres3d.io.dicom.header import read_dataset_header
 from medres3d.io.dicom.mosaic import load_mosaic
-from medres3d.io.dicom.multiframe import load_multiframe_files
+from medres3d.io.dicom.multiframe import load_multiframe_files, unplaced_slice_spacing
 from medres3d.io.dicom.pixels import PHILIPS_SCALINGS, output_rescale, read_frames
 from medres3d.io.dicom.stack import (
     SliceSource,
@@ -147,8 +148,13 @@ def load_series(
             "even": a tilted or unevenly spaced series resampled onto an even orthogonal grid
             (:mod:`medres3d.io.dicom.evengrid`), with a ``resampled-even`` warning.
 
+    A series none of whose files has ImagePositionPatient/ImageOrientationPatient (the scan keeps
+    only CT/MR/PT/NM stacks of one image size) loads in InstanceNumber order with a ``no-geometry``
+    warning, and is a SeriesGeometryError with ``strict``.
+
     Raises:
-        SeriesGeometryError: missing or inconsistent geometry; irregular slices when ``strict``.
+        SeriesGeometryError: missing or inconsistent geometry; irregular slices or no geometry at
+            all when ``strict``.
         UnsupportedFormatError: a single 2D slice.
         CorruptFileError: undecodable or truncated pixel data, absurd image size, RescaleSlope 0.
         ResourceLimitError: more voxels than ``max_voxels``.
@@ -170,6 +176,12 @@ def load_series(
         )  # fmt: skip
     where = series.folder
     first = headers[0]
+    if len(headers) > 1 and all(h.position is None or h.orientation is None for h in headers):
+        # only a CT/MR/PT/NM stack of one image size gets here (the scan's rule 7 skips the rest)
+        return _load_unplaced(
+            series, dtype=dtype, max_voxels=max_voxels, strict=strict, workers=workers,
+            philips_scaling=philips_scaling,
+        )  # fmt: skip
     for h in headers:
         if h.position is None or h.orientation is None:
             raise SeriesGeometryError(
@@ -209,6 +221,73 @@ def load_series(
         workers=workers,
         resample=resample,
     )
+
+
+def _load_unplaced(
+    series: DicomSeries,
+    *,
+    dtype: str,
+    max_voxels: int | None,
+    strict: bool,
+    workers: int | None,
+    philips_scaling: str,
+) -> Volume:
+    """A single-frame series none of whose files has ImagePositionPatient/ImageOrientationPatient.
+
+    The slices go in InstanceNumber order (then file name), PixelSpacing (else 1 mm) apart in-plane
+    and :func:`~medres3d.io.dicom.multiframe.unplaced_slice_spacing` apart in depth, on LPS axes
+    with origin 0, like a multi-frame file without geometry; a ``no-geometry`` warning says so.
+
+    Raises:
+        SeriesGeometryError: with ``strict`` (the slices cannot be placed in space).
+    """
+    headers = list(series.headers)
+    where = series.folder
+    if strict:
+        raise SeriesGeometryError(
+            where,
+            f"has no ImagePositionPatient/ImageOrientationPatient in any of its {len(headers)} files "
+            f"(series {series.key}): its slices cannot be placed in space (strict=True)",
+        )
+    first = headers[0]
+    check_image_size(first)
+    ordered = sorted(headers, key=lambda h: (h.instance_number is None, h.instance_number or 0, str(h.path)))
+    try:
+        ds = read_dataset_header(first.path, ["SpacingBetweenSlices", "SliceThickness"])
+    except ResourceLimitError:
+        raise
+    except Exception as err:  # pydicom raises several types on a damaged header
+        raise CorruptFileError(first.path, f"cannot read the header: {err}") from err
+    depth, depth_source = unplaced_slice_spacing(ds)
+    spacing = first.pixel_spacing or (1.0, 1.0)
+    unnumbered = sum(h.instance_number is None for h in headers)
+    order = "InstanceNumber order"
+    if unnumbered:
+        order += f" (file name order for the {unnumbered} without one)"
+    note = (
+        f"no-geometry: none of the {len(headers)} files has ImagePositionPatient/ImageOrientationPatient: "
+        f"the slices are stacked in {order} on an identity-like grid (pixel spacing "
+        f"{'x'.join(f'{v:g}' for v in spacing)} mm{'' if first.pixel_spacing else ' (assumed)'}, slice "
+        f"spacing {depth_source}, origin 0, LPS axes); the voxels are right but their position in the "
+        "patient is unknown (strict=True refuses such series)"
+    )
+    sources = [
+        SliceSource(
+            h.path, h.path.name, (0.0, 0.0, k * depth),
+            *output_rescale(h, h.slope, h.intercept, philips_scaling), _single_frame_reader(h),
+        )
+        for k, h in enumerate(ordered)
+    ]
+    meta = series_meta(first)
+    if any(h.philips_scale_slope is not None for h in headers):
+        meta["philips_scaling"] = philips_scaling
+    meta["num_files"] = len(headers)
+    meta["no_geometry"] = True
+    return build_volume(
+        sources, orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), pixel_spacing=spacing, headers=ordered,
+        where=where, meta=meta, notes=(*series.notes, note), dtype=dtype, max_voxels=max_voxels,
+        strict=strict, workers=workers,
+    )  # fmt: skip
 
 
 def _single_frame_reader(header: FileHeader) -> Callable[[], np.ndarray]:

@@ -186,3 +186,53 @@ def test_multiframe_missing_one_grid_tag_is_no_geometry_never_unsupported(tmp_pa
     assert [w for w in vol.warnings if w.startswith("no-geometry: partial.dcm has ")]
     with pytest.raises(SeriesGeometryError, match=r"\(strict=True\)"):
         load_dicom_file(path, strict=True)
+
+
+def _strip_geometry(files, **tags) -> None:
+    for f in files:
+        ds = pydicom.dcmread(f)
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "SpacingBetweenSlices"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        for keyword, value in tags.items():
+            setattr(ds, keyword, value)
+        ds.save_as(f)
+
+
+def test_single_frame_mr_series_without_geometry_loads_in_instance_order(tmp_path):
+    data = np.random.default_rng(5).integers(0, 1000, (12, 10, 5)).astype(np.float64)
+    files = write_dicom_series(data, make_affine((0.8, 0.9, 2.0)), tmp_path, modality="MR",
+                               shuffle_instance_numbers=True)  # fmt: skip
+    _strip_geometry(files, SliceThickness=2.5)
+    [series] = mr.io.dicom.find_dicom_series(tmp_path)
+    assert series.num_files == 5
+    vol = load_dicom_series(tmp_path, dtype="float64")
+    assert vol.shape == (1, 12, 10, 5) and vol.meta["no_geometry"] is True
+    assert vol.warnings[0].startswith("no-geometry: none of the 5 files has ImagePositionPatient")
+    assert "InstanceNumber order" in vol.warnings[0] and "2.5 mm (SliceThickness)" in vol.warnings[0]
+    np.testing.assert_allclose(vol.affine, np.diag([-0.8, -0.9, 2.5, 1.0]))
+    by_instance = sorted(files, key=lambda f: int(pydicom.dcmread(f).InstanceNumber))
+    for k, f in enumerate(by_instance):  # stored order by InstanceNumber, not by position or name
+        np.testing.assert_array_equal(vol.array[0, ..., k], pydicom.dcmread(f).pixel_array.T)
+    with pytest.raises(SeriesGeometryError, match=r"in any of its 5 files.*\(strict=True\)") as err:
+        load_dicom_series(tmp_path, strict=True)
+    assert err.value.path == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("tags", "count", "reason"),
+    [
+        ({"Modality": "DX"}, 3, "modality DX"),  # projection radiographs stay out of a PACS batch
+        ({"Modality": "MG"}, 2, "modality MG"),
+        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"}, 3, "Secondary Capture"),
+        ({}, 1, "a single image"),
+    ],
+)
+def test_projection_images_without_geometry_are_still_skipped(tmp_path, tags, count, reason):
+    files = write_dicom_series(np.ones((8, 8, count)), np.eye(4), tmp_path, modality="MR")
+    _strip_geometry(files, **tags)
+    scan = mr.io.dicom.scan_dicom_tree(tmp_path)
+    assert scan.series == [] and len(scan.skipped) == count
+    assert all(reason in s.reason and s.reason.startswith("no ImagePositionPatient") for s in scan.skipped)
+    with pytest.raises(NotAnImageError, match="no DICOM image series found"):
+        load_dicom_series(tmp_path)
