@@ -159,6 +159,23 @@ def read_model(path: str | os.PathLike[str], map_location: str = "cpu") -> Model
     return ModelFile(net, class_names, preprocessing, training, str(path))
 
 
+def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``training`` metadata of a model file from its header alone (no network, no tensors).
+
+    Raises:
+        ModelFileError: as :func:`read_model` for a damaged header or metadata.
+
+    Example:
+        >>> read_provenance("model.safetensors").get("calibration")   # doctest: +SKIP
+        {'method': 'temperature', 'temperature': 1.42, ...}
+    """
+    path = Path(path)
+    training = _parse_metadata(path, _read_header_metadata(path))["training"]
+    if not isinstance(training, dict):
+        raise ModelFileError(path, f"metadata 'training' must be a JSON object, got {training!r}")
+    return training
+
+
 def load_model(path: str | os.PathLike[str], map_location: str = "cpu") -> ResNet3D:
     """Load only the network of a model file (see :func:`read_model` for the metadata).
 

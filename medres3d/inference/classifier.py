@@ -92,6 +92,9 @@ class Classifier:
             healthy, else class 0.
         evidence: compute an evidence map for every prediction.
         evidence_cell_size: evidence grid cell width in voxels (default: the window step).
+        temperature: temperature scaling of every scan's probabilities (None: none; see
+            :mod:`medres3d.inference.calibration`); ``Classifier.load`` takes it from the model
+            file. The label never changes; ``Prediction.meta["uncalibrated"]`` keeps the raw ones.
 
     Raises:
         NormalizationNotFittedError: the network's input normalization was never fitted.
@@ -117,6 +120,7 @@ class Classifier:
         evidence: bool = True,
         evidence_cell_size: int | None = None,
         source: str | None = None,
+        temperature: float | None = None,
     ) -> None:
         from medres3d.inference.backends import RuntimeNetwork
         from medres3d.modelfile import require_fitted_normalization
@@ -156,6 +160,11 @@ class Classifier:
         self.evidence_cell_size = evidence_cell_size
         self.source = source
         self.warmup_seconds: float | None = None
+        if temperature is not None:
+            from medres3d.inference.calibration import apply_temperature
+
+            apply_temperature([1.0], temperature)  # refuses a bad value now, not at the first scan
+        self.temperature = temperature
 
     @classmethod
     def load(
@@ -199,6 +208,7 @@ class Classifier:
         else:
             loaded = load_network(model_file, backend=backend, precision=precision, device=device)
             source = os.fspath(model_file)
+            options.setdefault("temperature", _stored_temperature(model_file))
         if "amp" in options and "amp" in loaded.options:
             raise ConfigError(f"give precision ({precision!r}) or amp ({options['amp']!r}), not both")
         return cls(
@@ -280,9 +290,15 @@ class Classifier:
             )
             evidence.scan_shape = prepared.scan_shape
             evidence.scan_affine = prepared.scan_affine
-        probabilities = {
-            name: float(p) for name, p in zip(self.class_names, result.probabilities, strict=True)
-        }
+        raw = result.probabilities.double().numpy()
+        calibration = {}
+        if self.temperature is not None and self.options["aggregate"] != "max":  # "max" is no distribution
+            from medres3d.inference.calibration import apply_temperature
+
+            calibration = {"temperature": self.temperature,
+                           "uncalibrated": dict(zip(self.class_names, raw.tolist(), strict=True))}
+            raw = apply_temperature(raw, self.temperature)
+        probabilities = {name: float(p) for name, p in zip(self.class_names, raw, strict=True)}
         window = [int(s) for s in result.grid.window_size]
         shape = [int(s) for s in result.grid.image_size]
         warnings = [*prepared.warnings, *result.warnings]
@@ -299,7 +315,7 @@ class Classifier:
             evidence=evidence,
             warnings=warnings,
             source=prepared.source,
-            meta={**prepared.meta, "shape": shape, "network_input": window},
+            meta={**prepared.meta, "shape": shape, "network_input": window, **calibration},
         )
 
     def predict_many(
@@ -349,6 +365,17 @@ class Classifier:
             return self.predict_prepared(item)
         except Exception as err:  # one scan's failure becomes its result; the stream goes on
             return _failure(item.source, describe_error(err), item.seconds)
+
+
+def _stored_temperature(model_file: str | os.PathLike[str]) -> float | None:
+    """The temperature a model file's provenance records (None for exports and older files)."""
+    from medres3d.inference.backends import is_export
+    from medres3d.modelfile import read_provenance
+
+    if is_export(model_file):
+        return None
+    calibration = read_provenance(model_file).get("calibration") or {}
+    return calibration.get("temperature") if calibration.get("method") == "temperature" else None
 
 
 def _failure(source: str | None, error: str, seconds: float) -> Prediction:

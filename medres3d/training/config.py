@@ -180,6 +180,9 @@ class TrainingConfig(_Section):
     population_bn_stats: bool = Field(
         False, description="after training, re-estimate BatchNorm statistics over the training data")
     patches: bool = Field(False, description="train on random windows of the input size")
+    calibration: Literal["auto", "temperature", "none"] = Field(
+        "auto", description="temperature scaling fitted on the validation split after training, stored in "
+                            "the model file: 'auto' keeps it only if it lowers the validation NLL")
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

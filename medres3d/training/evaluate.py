@@ -62,6 +62,7 @@ class ScanResult:
         predicted: the predicted class (None on error).
         probabilities: class name -> probability (empty on error).
         num_windows, seconds, warnings: as in :class:`~medres3d.inference.classifier.Prediction`.
+        uncalibrated: the probabilities before the model's temperature scaling (None without one).
     """
 
     row: int
@@ -74,6 +75,7 @@ class ScanResult:
     num_windows: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    uncalibrated: dict[str, float] | None = None
 
 
 @dataclass
@@ -88,6 +90,8 @@ class EvaluationResult:
         scans: every row of the split, in manifest order, failed ones included.
         num_resamples, confidence, seed: the bootstrap's settings.
         notes: what could not be drawn or computed, and why.
+        calibration: with a temperature-scaled model, ``{"temperature": T, "before": {...},
+            "after": {...}}`` holding the NLL, Brier score and ECE (with CIs) without and with it.
         files: name -> path of each file written (empty without ``out_dir``).
     """
 
@@ -103,6 +107,7 @@ class EvaluationResult:
     manifest: str = ""
     notes: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[ScanResult]:
@@ -127,6 +132,7 @@ class EvaluationResult:
             "confusion_matrix": self.confusion.tolist(),
             "failed": [{"row": s.row, "path": s.path, "error": s.error} for s in self.failed],
             "notes": self.notes,
+            "calibration": self.calibration,
         }
 
     def to_markdown(self) -> str:
@@ -159,6 +165,14 @@ class EvaluationResult:
         if self.failed:
             lines += ["", f"Failed scans ({len(self.failed)}):", ""]
             lines += [f"- row {s.row} `{s.path}`: {s.error}" for s in self.failed]
+        if self.calibration is not None:
+            c = self.calibration
+            lines += ["", f"Calibration: temperature {c['temperature']:.3f} (fitted on the validation split)",
+                      "", "| | NLL | Brier | ECE |", "|---|---|---|---|"]
+            for when in ("before", "after"):
+                cells = [f"{c[when]['nll']:.4f}"]
+                cells += [_with_ci(MetricEstimate(**c[when][k])) for k in ("brier", "ece")]
+                lines.append(f"| {when} | " + " | ".join(cells) + " |")
         if self.notes:
             lines += ["", *[f"Note: {note}" for note in self.notes]]
         return "\n".join(lines) + "\n"
@@ -227,9 +241,28 @@ def evaluate(
     np.add.at(counts, (y, probs.argmax(axis=1)), 1)
     result = EvaluationResult(names, split, _ordered(metrics, names), counts, scans, num_resamples,
                               confidence, seed, model=_describe(model, clf), manifest=os.fspath(manifest))
+    if clf.temperature is not None and all(s.uncalibrated for s in classified):
+        raw = np.array([[s.uncalibrated[n] for n in names] for s in classified])
+        before = bootstrap_metrics(y, raw, names, num_resamples=num_resamples, confidence=confidence,
+                                   seed=seed, bins=bins)
+        result.calibration = {"temperature": clf.temperature, "before": _calibration_numbers(before, y, raw),
+                              "after": _calibration_numbers(metrics, y, probs)}
     if out_dir is not None:
         write_evaluation(result, y, probs, out_dir, bins=bins)
     return result
+
+
+def _calibration_numbers(metrics: dict[str, MetricEstimate], y: np.ndarray, probs: np.ndarray
+                         ) -> dict[str, Any]:
+    from medres3d.training.calibration import negative_log_likelihood
+
+    return {"nll": negative_log_likelihood(probs, y),
+            "brier": _estimate_fields(metrics["brier"]), "ece": _estimate_fields(metrics["ece"])}
+
+
+def _estimate_fields(estimate: MetricEstimate) -> dict[str, Any]:
+    return {"value": estimate.value, "low": estimate.low, "high": estimate.high,
+            "resamples": estimate.resamples, "reason": estimate.reason}
 
 
 def _describe(model: Any, clf: Any) -> str:
@@ -263,7 +296,7 @@ def _check_labels(rows: Sequence[ManifestRow], class_names: Sequence[str], manif
 
 def _scan_result(row: ManifestRow, p: Any) -> ScanResult:
     return ScanResult(row.row, row.written_path, row.label, p.status, p.error, p.label, dict(p.probabilities),
-                      p.num_windows, p.seconds, list(p.warnings))
+                      p.num_windows, p.seconds, list(p.warnings), p.meta.get("uncalibrated"))
 
 
 def _ordered(metrics: dict[str, MetricEstimate], names: Sequence[str]) -> dict[str, MetricEstimate]:

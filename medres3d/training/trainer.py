@@ -602,6 +602,25 @@ class Trainer:
                                class_counts=data.class_counts())
         return self._finish(net, data, spec, ctx, run)
 
+    def _calibrate(self, net: nn.Module, data: _Data, spec: Any, ctx: mdist.DistContext
+                   ) -> dict[str, Any] | None:
+        """Temperature scaling of the final weights on the validation split, or why there is none."""
+        from medres3d.training.calibration import fit_temperature
+
+        mode = self.config.training.calibration
+        if mode == "none":
+            return None
+        if len(data.val_base) == 0:
+            return {"method": "none", "reason": "no validation rows to fit a temperature on"}
+        probs, labels = self._predict(net, data.val_base, spec, ctx)
+        fit = fit_temperature(probs, labels)
+        if mode == "auto" and not fit.nll_after < fit.nll_before:
+            return {**fit.to_dict(), "method": "none",
+                    "reason": f"temperature scaling did not lower the validation NLL ({fit.nll_before:.4f})"}
+        self._log(ctx, f"calibration: temperature {fit.temperature:.3f} (validation NLL {fit.nll_before:.4f} "
+                       f"-> {fit.nll_after:.4f}, {fit.num_scans} scans)")
+        return fit.to_dict()
+
     def _finish(self, net: nn.Module, data: _Data, spec: Any, ctx: mdist.DistContext, run: RunState
                 ) -> TrainResult:
         from medres3d import __version__
@@ -617,6 +636,7 @@ class Trainer:
         if t.population_bn_stats:
             self._population_bn(net, data, ctx)
         final, counts = self._validate(net, data, spec, ctx)
+        calibration = self._calibrate(net, data, spec, ctx)
         digests = mdist.all_gather(ctx, weights_sha256(net))
         result = TrainResult(self.run_dir, None, True, run.epoch, best_epoch, stopped_early,
                              history, final, data.class_names, digests[0],
@@ -636,6 +656,7 @@ class Trainer:
                 "epochs_run": result.epochs_run, "epochs_planned": t.epochs, "best_epoch": best_epoch,
                 "stopped_early": stopped_early, "output_network": t.output_network,
                 "population_bn_stats": t.population_bn_stats, "final_metrics": final, "history": history,
+                "calibration": calibration,
                 "world_size": ctx.world_size, "rank_weights_sha256": digests, "weights_sha256": digests[0],
                 "versions": {"medres3d": __version__, "torch": torch.__version__, "monai": monai.__version__,
                              "numpy": np.__version__, "python": platform.python_version()},
