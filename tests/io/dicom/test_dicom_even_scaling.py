@@ -236,3 +236,96 @@ def test_projection_images_without_geometry_are_still_skipped(tmp_path, tags, co
     assert all(reason in s.reason and s.reason.startswith("no ImagePositionPatient") for s in scan.skipped)
     with pytest.raises(NotAnImageError, match="no DICOM image series found"):
         load_dicom_series(tmp_path)
+
+
+# -- resample="even" against dcm2niix's tilt (_Tilt_1) and variable-spacing (_Eq_1) corrections -----
+
+
+def _corrected(folder: Path, out: Path, suffix: str):
+    from dcm2niix_reference import run_dcm2niix
+
+    converted = run_dcm2niix(folder, out)
+    [corrected] = [c for c in converted if c.path.stem.endswith(suffix)]
+    return corrected
+
+
+def _on_our_grid(vol, converted) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dcm2niix's voxels that fall on medres3d's grid: (our index, our values, their values).
+
+    The affines must agree within 1e-3 mm (checked by ``voxel_map``) up to a signed permutation
+    and a whole-voxel shift, or, along k, a whole-number ratio of spacings (dcm2niix's finer grid).
+    """
+    from dcm2niix_reference import voxel_map
+
+    theirs = converted.data[..., 0]
+    mapping = np.linalg.inv(vol.affine) @ converted.affine
+    ratio = np.abs(mapping[:3, :3]).sum(axis=0)  # along each of their axes: their step / our step
+    step = np.ones(3, dtype=int)
+    step[ratio < 1 - 1e-6] = np.rint(1 / ratio[ratio < 1 - 1e-6]).astype(int)
+    every = theirs[:: step[0], :: step[1], :: step[2]]
+    coarse = converted.affine @ np.diag([*step, 1])
+    voxel_map(vol, coarse)  # affine agreement, on the voxels both grids share
+    mapping = np.rint(np.linalg.inv(vol.affine) @ coarse)
+    index = np.indices(every.shape).reshape(3, -1)
+    ours = (mapping[:3, :3] @ index + mapping[:3, 3:]).astype(np.int64)
+    inside = np.all((ours >= 0) & (ours < np.array(vol.spatial_shape)[:, None]), axis=0)
+    ours, index = ours[:, inside], index[:, inside]
+    return ours, vol.array[0][tuple(ours)], every[tuple(index)]
+
+
+def test_resample_even_tilt_agrees_with_dcm2niix_tilt_correction(tmp_path):
+    # -15 degrees: with +20 degrees, dcm2niix v1.0.20260724's _Tilt_1 voxels are shifted the other
+    # way from its own affine (off by up to 70 on this phantom), so there medres3d is checked against
+    # the DICOM positions only (test_gantry_tilt_resampled_even_gives_an_orthogonal_grid)
+    from scipy.ndimage import map_coordinates
+
+    affine = make_affine((0.7, 0.7, 2.5), tilt_deg=-15.0)
+    _write_slices(tmp_path / "in", affine, [float(k) for k in range(10)])
+    vol = load_dicom_series(tmp_path / "in", resample="even")
+    converted = _corrected(tmp_path / "in", tmp_path / "out", "_Tilt_1")
+    # the same orthogonal axes and spacings (dcm2niix flips j): the 3x3 parts agree within 1e-6 mm
+    flip = np.diag([1.0, -1.0, 1.0])
+    np.testing.assert_allclose(converted.affine[:3, :3], vol.affine[:3, :3] @ flip, atol=1e-6)
+    # deliberate difference: dcm2niix widens the tilted axis to keep every shifted pixel (31 rows
+    # here, not 20) and starts its grid elsewhere along j and k (a fractional offset); medres3d keeps
+    # the series' rows and its first slice's position. So the grids are compared in world space:
+    # medres3d's volume, interpolated linearly at dcm2niix's voxel centres, on the linear phantom
+    theirs = converted.data[..., 0]
+    index = np.indices(theirs.shape).reshape(3, -1).astype(float)
+    world = converted.affine @ np.vstack([index, np.ones(index.shape[1])])
+    ours_index = (np.linalg.inv(vol.affine) @ world)[:3]
+    shape = np.array(vol.spatial_shape)[:, None]
+    inside = np.all((ours_index >= 1) & (ours_index <= shape - 2), axis=0)  # off the fill-blended edge
+    fill = float(vol.array.min())
+    ours = map_coordinates(vol.array[0].astype(np.float64), ours_index[:, inside], order=1)
+    near_fill = map_coordinates((vol.array[0] == fill).astype(float), ours_index[:, inside], order=1) > 0
+    compared = ~near_fill & (theirs.ravel()[inside] != theirs.min())
+    assert compared.sum() > 0.4 * vol.array.size  # 2058 of 4800 here
+    # dcm2niix rounds to int16 (0.5) and interpolating medres3d's values adds no error on a linear
+    # phantom: within 1.0 (0.47 measured)
+    assert np.abs(ours[compared] - theirs.ravel()[inside][compared]).max() <= 1.0
+    # medres3d's own grid against the DICOM positions (the analytic phantom), as in the tests above
+    _check_linear(vol)
+
+
+def test_resample_even_spacing_equals_dcm2niix_on_the_shared_slices(tmp_path):
+    rng = np.random.default_rng(11)
+    affine = make_affine((0.8, 0.9, 2.0))
+    depths = [0.0, 1.0, 2.0, 2.7, 3.2, 4.0, 5.0, 6.0, 7.0, 8.0]  # 0.5 slice (1 mm) at the closest
+    uids = {"series_uid": pydicom.uid.generate_uid(), "study_uid": pydicom.uid.generate_uid(),
+            "frame_of_reference_uid": pydicom.uid.generate_uid()}  # fmt: skip
+    for n, k in enumerate(depths):  # random values: the interpolation weights must agree, not just a line
+        shifted = affine.copy()
+        shifted[:3, 3] = (affine @ [0, 0, k, 1])[:3]
+        write_dicom_series(rng.integers(200, 1000, (*SHAPE, 1)).astype(float), shifted, tmp_path / "in",
+                           file_prefix=f"s{n:03d}_", **uids)  # fmt: skip
+    vol = load_dicom_series(tmp_path / "in", resample="even")
+    converted = _corrected(tmp_path / "in", tmp_path / "out", "_Eq_1")
+    # deliberate difference: dcm2niix's even grid has the smallest slice distance (17 slices 1 mm
+    # apart), medres3d's the median (9 slices 2 mm apart: the series' nominal spacing, not the whole
+    # series upsampled because of one close pair); every second dcm2niix slice is one of medres3d's
+    assert vol.shape == (1, *SHAPE, 9) and converted.data.shape[2] == 17
+    index, ours, theirs = _on_our_grid(vol, converted)
+    assert index.shape[1] == vol.array.size
+    assert np.abs(ours - theirs).max() <= 0.5  # dcm2niix rounds to int16
+    assert np.abs(vol.array[0, ..., 3] - vol.array[0, ..., 2]).max() > 50  # k=3 really interpolated
