@@ -104,7 +104,7 @@ def plot_precision_recall_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarr
     """One precision-recall curve per entry: legend label -> (recall, precision).
 
     Example:
-        >>> curves = {"lesion (AP 0.88)": (recall, precision)}
+        >>> curves = {"lesion (AP 0.88)": (recall, precision)}   # doctest: +SKIP
         >>> plot_precision_recall_curves(curves, "pr.png")   # doctest: +SKIP
     """
     from matplotlib.figure import Figure
