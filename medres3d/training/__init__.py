@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "ManifestRow": "medres3d.training.manifest",
     "evaluate": "medres3d.training.evaluate",
     "EvaluationResult": "medres3d.training.evaluate",
+    "cross_validate": "medres3d.training.cv",
 }
 
 __all__ = sorted(_EXPORTS)
