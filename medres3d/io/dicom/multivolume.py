@@ -73,25 +73,73 @@ def load_4d(
     check_voxel_count((1, claimed, 1, 1), ordered[0].folder, max_voxels)
     options = {"dtype": dtype, "max_voxels": max_voxels, "strict": strict,
                "philips_scaling": philips_scaling, "resample": resample}  # fmt: skip
+    if resample is None and all(_plain_stack(p) for p in ordered):
+        return _load_in_place(ordered, options)
     first = ordered[0].load(**options)
     array = np.empty((len(ordered), *first.spatial_shape), dtype=first.array.dtype)
     array[0] = first.array[0]
     warnings = [f"[{ordered[0].part or ordered[0].key}] {w}" for w in first.warnings]
     for n, part in enumerate(ordered[1:], start=1):
         volume = part.load(**options)
-        if volume.spatial_shape != first.spatial_shape or not np.allclose(
-            volume.affine, first.affine, atol=_GRID_TOL
-        ):
-            raise SeriesGeometryError(
-                part.folder,
-                f"volume {part.key} ({volume.spatial_shape}) is not on the grid of {ordered[0].key} "
-                f"({first.spatial_shape}): a missing slice at an end, or another orientation; load the "
-                "volumes one by one with series_uid=<key>",
-            )
+        _check_grid(part, volume, ordered[0], first)
         if volume.array.dtype != array.dtype:  # "native" may pick different integer types per part
             array = array.astype(np.result_type(array.dtype, volume.array.dtype))
         array[n] = volume.array[0]
         warnings += [f"[{part.part or part.key}] {w}" for w in volume.warnings]
+    return _finish(ordered, first, array, warnings)
+
+
+def _plain_stack(part: DicomSeries) -> bool:
+    """A part of single-frame files, each placed (the series loader's build_volume path)."""
+    return all(not h.is_multiframe and not h.is_mosaic and h.position is not None for h in part.headers)
+
+
+def _load_in_place(ordered: Sequence[DicomSeries], options: dict[str, Any]) -> Volume:
+    """Single-frame parts decoded straight into one slice-major ``(C, slices, rows, cols)`` buffer.
+
+    Each part is still planned and checked as a 3D series, but its slices land in their channel of
+    the 4D buffer (through ``allocate``) and the result is a transposed view: no per-volume copy,
+    which cost as much as the decoding (a strided transpose of every voxel).
+    """
+    buffer: np.ndarray | None = None
+
+    def slot(n: int) -> Any:
+        def allocate(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+            nonlocal buffer
+            if buffer is None:
+                buffer = np.empty((len(ordered), *shape), dtype=dtype)
+            if buffer.shape[1:] == tuple(shape) and buffer.dtype == dtype:
+                return buffer[n]
+            return np.empty(shape, dtype=dtype)  # another grid (refused below) or "native" dtype
+        return allocate
+
+    first = ordered[0].load(**options, allocate=slot(0))
+    warnings = [f"[{ordered[0].part or ordered[0].key}] {w}" for w in first.warnings]
+    for n, part in enumerate(ordered[1:], start=1):
+        volume = part.load(**options, allocate=slot(n))
+        _check_grid(part, volume, ordered[0], first)
+        assert buffer is not None  # the first part allocated it
+        if not np.shares_memory(volume.array, buffer):  # "native" chose a wider integer type here
+            buffer = buffer.astype(np.result_type(buffer.dtype, volume.array.dtype))
+            buffer[n] = volume.array[0].transpose(2, 1, 0)
+        warnings += [f"[{part.part or part.key}] {w}" for w in volume.warnings]
+    assert buffer is not None
+    # (C, k, rows, cols) -> (C, i=cols, j=rows, k): a view, as a 3D volume's array is
+    return _finish(ordered, first, buffer.transpose(0, 3, 2, 1), warnings)
+
+
+def _check_grid(part: DicomSeries, volume: Volume, first_part: DicomSeries, first: Volume) -> None:
+    same = volume.spatial_shape == first.spatial_shape
+    if not same or not np.allclose(volume.affine, first.affine, atol=_GRID_TOL):
+        raise SeriesGeometryError(
+            part.folder,
+            f"volume {part.key} ({volume.spatial_shape}) is not on the grid of {first_part.key} "
+            f"({first.spatial_shape}): a missing slice at an end, or another orientation; load the "
+            "volumes one by one with series_uid=<key>",
+        )
+
+
+def _finish(ordered: Sequence[DicomSeries], first: Volume, array: np.ndarray, warnings: list[str]) -> Volume:
     warnings += _conflicts(ordered)
     for message in warnings[len(first.warnings) :]:
         logger.warning("%s: %s", ordered[0].folder, message)

@@ -28,6 +28,7 @@ from medres3d.io.dicom.mosaic import load_mosaic
 from medres3d.io.dicom.multiframe import load_multiframe_files, unplaced_slice_spacing
 from medres3d.io.dicom.pixels import PHILIPS_SCALINGS, output_rescale, read_frames
 from medres3d.io.dicom.stack import (
+    Allocator,
     SliceSource,
     build_volume,
     check_image_size,
@@ -127,6 +128,7 @@ def load_series(
     workers: int | None = None,
     philips_scaling: str = "display",
     resample: str | None = None,
+    allocate: Allocator | None = None,
 ) -> Volume:
     """Load one scanned series (see the module docstring); multi-frame files (one or several) go to
     :func:`medres3d.io.dicom.multiframe.load_multiframe_files`.
@@ -147,6 +149,8 @@ def load_series(
         resample: None (default: slices at their true positions, a possibly sheared grid) or
             "even": a tilted or unevenly spaced series resampled onto an even orthogonal grid
             (:mod:`medres3d.io.dicom.evengrid`), with a ``resampled-even`` warning.
+        allocate: a single-frame series' slice buffer (see :func:`~medres3d.io.dicom.stack.build_volume`);
+            ignored by mosaics and multi-frame files.
 
     A series none of whose files has ImagePositionPatient/ImageOrientationPatient (the scan keeps
     only CT/MR/PT/NM stacks of one image size) loads in InstanceNumber order with a ``no-geometry``
@@ -220,6 +224,7 @@ def load_series(
         strict=strict,
         workers=workers,
         resample=resample,
+        allocate=allocate,
     )
 
 

@@ -47,6 +47,11 @@ logger = logging.getLogger("medres3d.io.dicom")
 
 # DICOM Rows/Columns are 16-bit; anything outside is a corrupt header.
 _MAX_SIDE = 65535
+# Uncompressed slices of at most this many pixels are read in this thread, not a pool: each read is
+# one readinto of <= 128 KiB, and handing it to a thread cost more than the read (2-core VM, hot
+# cache: 256x256 x 60 slices 11.8 -> 2.7 ms, 96x96 x 1200 files in a 4D series 0.22 -> 0.05 s).
+# Larger slices keep the pool, whose parallel reads help on a cold cache or a network drive.
+_SMALL_NATIVE_PIXELS = 256 * 256
 # Warnings listing files name at most this many.
 _MAX_NAMED = 5
 _DTYPES = ("float32", "float64", "native")
@@ -55,6 +60,10 @@ _DTYPES = ("float32", "float64", "native")
 RESAMPLE_CHOICES = ("even",)
 # The plan's warnings that resample="even" corrects.
 _EVEN_CORRECTS = ("uneven-spacing:", "gantry-tilt:")
+
+
+# (shape, dtype) -> an uninitialized array of that shape and dtype (np.empty, or a view of a larger one)
+Allocator = Callable[[tuple[int, ...], np.dtype], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -134,12 +143,20 @@ def build_volume(
     strict: bool = False,
     workers: int | None = None,
     resample: str | None = None,
+    allocate: Allocator | None = None,
 ) -> Volume:
     """Plan, check, allocate once, decode in place, wrap as a Volume (for series and multi-frame).
 
     ``resample="even"`` resamples a tilted or unevenly spaced stack onto an even orthogonal grid
     (see :mod:`medres3d.io.dicom.evengrid`), reported as a ``resampled-even`` warning and
     ``meta["resampled"]``; uneven spacing is then no longer an error under ``strict``.
+    ``allocate(shape, dtype)`` gives the slice-major ``(slices, rows, cols)`` buffer to decode into
+    (default ``np.empty``): :func:`medres3d.io.dicom.multivolume.load_4d` hands out one channel of
+    its 4D array, so each volume is decoded straight into its place, never copied.
+
+    Example:
+        >>> vol = build_volume(sources, orientation=iop, pixel_spacing=(0.7, 0.7), headers=headers,
+        ...                    where="ct/", meta={})   # doctest: +SKIP
     """
     validate_resample(resample)
     template = headers[0]
@@ -165,7 +182,7 @@ def build_volume(
     rows, cols = template.rows, template.columns
     check_voxel_count((1, cols, rows, plan.num_slices), where, max_voxels)
 
-    buffer = np.empty((plan.num_slices, rows, cols), dtype=out_dtype)
+    buffer = (allocate or np.empty)((plan.num_slices, rows, cols), out_dtype)
     duplicates = {dup for dup, _ in plan.duplicates}
 
     def fill(task: tuple[int, int]) -> None:
@@ -174,6 +191,8 @@ def build_volume(
             buffer[k], _checked(sources[src], rows, cols), sources[src].slope, sources[src].intercept
         )
 
+    if workers is None and rows * cols <= _SMALL_NATIVE_PIXELS and all(h.is_native for h in headers):
+        workers = 1  # a small uncompressed slice is one readinto: a thread hand-off costs more
     _run(fill, [t for t in plan.slices if t[0] not in duplicates], workers)
     warnings = list(notes)
     warnings += _check_duplicates(plan, sources, buffer, rows, cols, strict, where)

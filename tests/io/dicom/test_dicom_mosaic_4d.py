@@ -247,3 +247,28 @@ def test_as_4d_passes_philips_scaling_and_resample_to_every_volume(tmp_path):
     one = load_dicom_series(tmp_path, series_uid=find_dicom_series(tmp_path)[1].key, resample="even")
     np.testing.assert_allclose(precise.array[1], one.array[0] / 0.5, rtol=1e-6)
     np.testing.assert_allclose(precise.affine, one.affine, atol=1e-9)
+
+
+def test_as_4d_decodes_each_volume_into_its_place(tmp_path):
+    volumes = _phantom(n=3)
+    write_multivolume_series(volumes, make_affine((2.0, 2.0, 3.0), "oblique"), tmp_path,
+                             b_values=[0, 1000, 1000], gradients=DIRECTIONS[:3])  # fmt: skip
+    vol = load_dicom_series(tmp_path, as_4d=True)
+    # one slice-major (C, k, rows, cols) buffer seen as (C, i, j, k): no volume was copied into place
+    assert vol.array.transpose(0, 3, 2, 1).flags.c_contiguous
+    for n, part in enumerate(find_dicom_series(tmp_path)):
+        np.testing.assert_array_equal(vol.array[n], part.load().array[0])
+    np.testing.assert_allclose(vol.array, np.stack(volumes), atol=0.5)
+
+
+def test_as_4d_native_dtype_widens_when_volumes_differ(tmp_path):
+    magnitude, phase = _phantom(n=2)
+    phase -= 500  # signed: int16 where the magnitude is uint16
+    files = write_multivolume_series([magnitude, phase], make_affine(), tmp_path, image_kinds=["M", "P"])
+    for f in files[:10]:  # the magnitude unsigned (its values are positive: the same bytes)
+        ds = pydicom.dcmread(f)
+        ds.PixelRepresentation = 0
+        ds.save_as(f)
+    vol = load_dicom_series(tmp_path, as_4d=True, dtype="native")
+    assert vol.array.dtype == np.int32  # holds both uint16 and int16
+    np.testing.assert_array_equal(vol.array, np.rint(np.stack([magnitude, phase])))
