@@ -3,7 +3,8 @@
 The slices' positions are planned onto one grid first (:func:`medres3d.io.dicom.geometry.plan_stack`),
 the voxel count is checked against the limit, the output array is allocated once and every slice
 is decoded straight into its place (in threads: file reads, NumPy and the decoder plugins release
-the GIL), rescaled per slice with its own RescaleSlope/Intercept. Then:
+the GIL; uncompressed slices of at most 256x256 pixels in the calling thread, where a hand-off
+costs more than the read), rescaled per slice with its own RescaleSlope/Intercept. Then:
 
 - duplicates: a slice at the position of another is dropped when its pixels are identical
   (``duplicate-slice``), and otherwise reported as ``conflicting-duplicate`` (the first file by name
