@@ -193,6 +193,8 @@ _AGGREGATE_HELP = ("how window probabilities combine: mean | max | logit-mean | 
 _BACKEND_HELP = ("runs the network: torch | onnxruntime | openvino (pip install 'medres3d[onnx]' or "
                  "'medres3d[openvino]'); MODEL may be an export folder (medres3d export)")
 _PRECISION_HELP = "fp32 | bf16 (default: the backend's, fp32 on the CPU); bf16: torch autocast or openvino"
+_TTA_HELP = ("test-time augmentation: flip (mean over every flip of the 3 spatial axes, x8 compute), "
+             "flip:0 or flip:0,1 (those axes, x2 or x4); none: off")
 _NEGATIVE_CLASS_HELP = ("negative class of --aggregate any, by name or index; default the class named "
                         "normal/negative/background/healthy, else class 0")
 
@@ -221,6 +223,7 @@ def predict(
     workers: Annotated[int, typer.Option(help="loader processes (0: load in this process)")] = 0,
     backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "torch",
     precision: Annotated[str | None, typer.Option(help=_PRECISION_HELP, show_default=False)] = None,
+    tta: Annotated[str, typer.Option(help=_TTA_HELP)] = "none",
 ) -> None:
     """Classify scans and print a table (or JSON lines); exit code 1 if no scan could be classified.
 
@@ -233,7 +236,7 @@ def predict(
     with _usage_errors():
         clf = Classifier.load(model, device=device, overlap=overlap, aggregate=aggregate,
                               negative_class=negative_class, evidence=False, backend=backend,
-                              precision=precision)
+                              precision=precision, tta=tta)
         predictions = list(clf.predict_many(scans, workers=workers))
     if json_lines:
         for scan, p in zip(scans, predictions, strict=True):
@@ -295,6 +298,7 @@ def batch(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
     backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "torch",
     precision: Annotated[str | None, typer.Option(help=_PRECISION_HELP, show_default=False)] = None,
+    tta: Annotated[str, typer.Option(help=_TTA_HELP)] = "none",
 ) -> None:
     """Classify every image series and NIfTI file under ROOT, one row each, written as it is done.
 
@@ -316,7 +320,7 @@ def batch(
             series_description=series_description, min_slices=min_slices,
             include_localizers=include_localizers, fsync=fsync, progress=not no_progress,
             classifier_options={"aggregate": aggregate, "negative_class": negative_class,
-                                "backend": backend, "precision": precision},
+                                "backend": backend, "precision": precision, "tta": tta},
         )
     if summary.rank == 0:
         typer.echo(
@@ -370,6 +374,7 @@ def evaluate(
     workers: Annotated[int, typer.Option(help="loader processes (0: load in this process)")] = 0,
     overlap: Annotated[float, typer.Option(help="sliding-window overlap in [0, 1)")] = 0.5,
     aggregate: Annotated[str, typer.Option(help=_AGGREGATE_HELP)] = "mean",
+    tta: Annotated[str, typer.Option(help=_TTA_HELP)] = "none",
 ) -> None:
     """Metrics of a model on a manifest split with bootstrap 95% CIs; curves and per-scan predictions.
 
@@ -386,7 +391,7 @@ def evaluate(
         result = run_evaluation(models[0] if len(models) == 1 else models, manifest, split=split, out_dir=out,
                                 num_resamples=resamples, confidence=confidence, seed=seed, device=device,
                                 workers=workers,
-                                classifier_options={"overlap": overlap, "aggregate": aggregate})
+                                classifier_options={"overlap": overlap, "aggregate": aggregate, "tta": tta})
     for scan in result.failed:
         typer.echo(f"error: row {scan.row} {scan.path}: {scan.error}", err=True)
     for note in result.notes:

@@ -95,6 +95,9 @@ class Classifier:
         temperature: temperature scaling of every scan's probabilities (None: none; see
             :mod:`medres3d.inference.calibration`); ``Classifier.load`` takes it from the model
             file. The label never changes; ``Prediction.meta["uncalibrated"]`` keeps the raw ones.
+        tta: test-time augmentation: ``"flip"`` (every flip of the 3 spatial axes, x8 compute),
+            ``"flip:0"`` / ``"flip:0,1"`` (those axes, x2 / x4) or None; each window batch is
+            classified flipped and its probabilities averaged (:mod:`medres3d.inference.tta`).
 
     Raises:
         NormalizationNotFittedError: the network's input normalization was never fitted.
@@ -121,8 +124,10 @@ class Classifier:
         evidence_cell_size: int | None = None,
         source: str | None = None,
         temperature: float | None = None,
+        tta: str | None = None,
     ) -> None:
         from medres3d.inference.backends import RuntimeNetwork
+        from medres3d.inference.tta import with_tta
         from medres3d.modelfile import require_fitted_normalization
 
         if not isinstance(net, RuntimeNetwork):  # an export is refused at export time if unfitted
@@ -143,7 +148,8 @@ class Classifier:
                 f"negative_class ({negative_class!r}) applies to aggregate='any' only, got {aggregate!r}"
             )
         self.device = resolve_device(device)
-        self.net = net.to(self.device).eval()
+        self.net = with_tta(net, tta).to(self.device).eval()
+        self.tta = tta
         self.class_names = list(class_names)
         self.preprocessing = preprocessing
         self.options = {
@@ -195,6 +201,7 @@ class Classifier:
             >>> clf = Classifier.load("model.safetensors", device="cpu", overlap=0.25)  # doctest: +SKIP
             >>> detector = Classifier.load("model.safetensors", aggregate="any")        # doctest: +SKIP
             >>> fast = Classifier.load("export-dir", backend="openvino")                 # doctest: +SKIP
+            >>> averaged = Classifier.load("model.safetensors", tta="flip")              # doctest: +SKIP
             >>> folds = Classifier.load(["fold_1/model.safetensors", "fold_2/model.safetensors"])
             ...                                                          # doctest: +SKIP
         """
