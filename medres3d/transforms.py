@@ -76,6 +76,10 @@ class PreprocessingSpec:
             over the whole scan), ``"crop-or-pad"`` (centre crop/pad, at inference too) or
             ``"resize"`` (the whole scan resampled to ``spatial_size``, at inference too).
         background_value: the value of "nothing" after the intensity step; padding uses it.
+        channels: for a multi-sequence model, the name of each input channel in order (the
+            manifest's channel columns, e.g. ``("path_t1", "path_t2")``): a scan is then one file
+            per channel (:func:`medres3d.io.channels.load_channels`). None: one file per scan.
+            Written by :meth:`to_dict` only when set, so older model files read unchanged.
 
     Example:
         >>> spec = PreprocessingSpec(intensity="ct-window", window=(-160, 240))
@@ -93,6 +97,7 @@ class PreprocessingSpec:
     spatial_size: tuple[int, int, int] | None = None
     size_mode: str = "window"
     background_value: float = 0.0
+    channels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__  # frozen: normalized values are stored once, here
@@ -106,6 +111,7 @@ class PreprocessingSpec:
         set_field(self, "spatial_size", _ints3("spatial_size", self.spatial_size))
         set_field(self, "size_mode", check_choice("size_mode", self.size_mode, SIZE_MODES))
         set_field(self, "background_value", _finite("background_value", self.background_value))
+        set_field(self, "channels", _channel_names(self.channels))
         if self.intensity == "ct-window" and self.window is None:
             raise ConfigError("intensity='ct-window' needs window=(low, high) in HU, got window=None")
 
@@ -146,6 +152,8 @@ class PreprocessingSpec:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             data[f.name] = list(value) if isinstance(value, tuple) else value
+        if self.channels is None:  # single-file specs keep the dict (and cache keys) of older versions
+            del data["channels"]
         return data
 
 
@@ -311,6 +319,16 @@ def _orientation(value: Any) -> str | None:
             f"orientation {value!r} must hold one letter of each pair L/R, P/A, I/S (e.g. 'RAS', 'LPS')"
         )
     return code
+
+
+def _channel_names(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or not value:
+        raise ConfigError(f"channels must be a non-empty list of channel names or None, got {value!r}")
+    if not all(isinstance(v, str) and v for v in value) or len(set(value)) != len(value):
+        raise ConfigError(f"channels must be distinct non-empty names, got {list(value)!r}")
+    return tuple(value)
 
 
 def _finite(name: str, value: Any) -> float:

@@ -266,6 +266,9 @@ class Classifier:
     def predict(self, scan: Any) -> Prediction:
         """Classify one scan: a path (NIfTI, DICOM folder...), a Volume, or an array/tensor.
 
+        For a multi-sequence model the scan is a list of paths, one per channel in the order of
+        ``preprocessing.channels`` (each resampled onto the first one's grid; see
+        :func:`medres3d.io.channels.load_channels`), or a Volume with those channels.
         An array is taken as (H, W, D) or (C, H, W, D) with 1 mm voxels and an identity affine.
         A scan larger than the network input (after the model's spacing and orientation) is
         classified window by window, a smaller one padded (see docs/inference.md).
@@ -276,13 +279,24 @@ class Classifier:
         Example:
             >>> clf.predict("scan.nii.gz").label   # doctest: +SKIP
             'lesion'
+            >>> clf.predict(["t1.nii.gz", "t2.nii.gz", "flair.nii.gz"]).label   # doctest: +SKIP
+            'lesion'
         """
         self.warm_up()
         return self.predict_prepared(prepare_scan(scan, self.preprocessing))
 
     def predict_prepared(self, prepared: PreparedScan) -> Prediction:
-        """Classify an already prepared scan (see :func:`~medres3d.inference.prepare.prepare_scan`)."""
+        """Classify an already prepared scan (see :func:`~medres3d.inference.prepare.prepare_scan`).
+
+        Raises:
+            ConfigError: the scan's channel count is not the network's, naming the scan.
+        """
         start = time.perf_counter()
+        expected = getattr(self.net, "in_channels", None)
+        if expected is not None and prepared.array.shape[0] != expected:
+            raise ConfigError(f"{prepared.source or 'scan'}: the network takes {expected} channel(s) but "
+                              f"the scan has {prepared.array.shape[0]}; a multi-sequence model takes one "
+                              "file per channel (a list of paths)")
         result = sliding_window_classify(
             prepared.tensor,
             self.net,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -80,21 +81,31 @@ class FailedScan:
     seconds: float
 
 
-def as_volume(scan: Any) -> Volume:
+def as_volume(scan: Any, channels: Sequence[str] | None = None) -> Volume:
     """A path, Volume, DicomSeries, array (H, W, D) / (C, H, W, D) or tensor, as a Volume.
+
+    A list or tuple of paths is one multi-sequence scan, one file per channel in ``channels``
+    order (:func:`medres3d.io.channels.load_channels`).
+
+    Raises:
+        ConfigError: a list whose length is not the number of ``channels``, or another type.
 
     Example:
         >>> import numpy as np
         >>> as_volume(np.zeros((4, 4, 2))).array.shape
         (1, 4, 4, 2)
     """
-    from medres3d.io.readers import load_volume
+    from medres3d.io.channels import load_scan
     from medres3d.io.volume import Volume
 
     if isinstance(scan, Volume):
         return scan
+    if isinstance(scan, (list, tuple)):
+        if channels is not None and len(scan) != len(channels):
+            raise ConfigError(_channel_count_message(channels, f"{len(scan)} file(s)", scan))
+        return load_scan(list(scan), channels)
     if isinstance(scan, (str, os.PathLike)):
-        return load_volume(scan)
+        return load_scan(scan)
     if callable(getattr(scan, "load", None)):  # a DicomSeries found by scan_dicom_tree
         return scan.load()
     import torch
@@ -107,9 +118,16 @@ def as_volume(scan: Any) -> Volume:
         volume.meta["warnings"].append("array input: assumed 1 mm voxels in RAS order (identity affine)")
         return volume
     raise ConfigError(
-        "a scan must be a path, a Volume, a DicomSeries, a numpy array or a torch tensor, "
+        "a scan must be a path, a list of paths (one per channel), a Volume, a DicomSeries, a numpy array "
+        "or a torch tensor, "
         f"got {type(scan).__name__}"
     )
+
+
+def _channel_count_message(channels: Sequence[str], got: str, scan: Any) -> str:
+    shown = scan_source(scan) or type(scan).__name__
+    return (f"{shown}: the model takes {len(channels)} channel(s) {list(channels)}, one file each in this "
+            f"order, but the scan has {got}")
 
 
 def _shape(values: Any) -> list[int]:
@@ -157,7 +175,10 @@ def prepare_scan(
         ((1, 16, 8, 8), 'window')
     """
     start = time.perf_counter()
-    volume = as_volume(scan)
+    channels = getattr(preprocessing, "channels", None)
+    volume = as_volume(scan, channels)
+    if channels is not None and volume.num_channels != len(channels):
+        raise ConfigError(_channel_count_message(channels, f"{volume.num_channels} channel(s)", scan))
     warnings = list(volume.warnings)
     size_mode = None
     if preprocessing is None:
@@ -203,12 +224,15 @@ def describe_error(err: Exception) -> str:
 
 
 def scan_source(scan: Any) -> str | None:
-    """The path of ``scan`` when it is one (or a DicomSeries' folder), else None.
+    """The path of ``scan`` when it is one (or a DicomSeries' folder, or the first of a list of
+    channel files), else None.
 
     Example:
-        >>> scan_source("a.nii.gz"), scan_source(3)
-        ('a.nii.gz', None)
+        >>> scan_source("a.nii.gz"), scan_source(["t1.nii", "t2.nii"]), scan_source(3)
+        ('a.nii.gz', 't1.nii', None)
     """
+    if isinstance(scan, (list, tuple)) and scan and isinstance(scan[0], (str, os.PathLike)):
+        return os.fspath(scan[0])
     if isinstance(scan, (str, os.PathLike)):
         return os.fspath(scan)
     folder = getattr(scan, "folder", None)

@@ -14,6 +14,7 @@ from medres3d._lazy import lazy_exports
 _EXPORTS: dict[str, str] = {
     "Volume": "medres3d.io.volume",
     "load_volume": "medres3d.io.readers",
+    "load_channels": "medres3d.io.channels",
     "load_nifti": "medres3d.io.nifti",
     "load_itk": "medres3d.io.itk",
     "load_dicom_series": "medres3d.io.dicom",

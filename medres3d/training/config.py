@@ -51,6 +51,22 @@ class DataConfig(_Section):
     cache: Literal["memory", "disk", "none"] = Field(
         "memory", description="keep preprocessed volumes in memory, on disk (output_dir/cache), or not")
     num_workers: int = Field(0, ge=0, description="data-loading worker processes")
+    channels: list[str] | None = Field(
+        None, description="multi-sequence inputs: the manifest columns holding each channel's file, in "
+                          "channel order (e.g. [path_t1, path_t2, path_flair]) instead of 'path'")
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_columns(cls, columns: list[str] | None) -> list[str] | None:
+        if columns is not None:
+            folded = [c.strip().casefold() for c in columns]
+            if not columns or len(set(folded)) != len(folded) or not all(folded):
+                raise ValueError(f"must be distinct non-empty column names, got {columns}")
+            reserved = sorted(set(folded) & {"label", "split", "group"})
+            if reserved:
+                raise ValueError(f"{reserved} name other manifest columns, not channels")
+            return folded
+        return columns
 
     @field_validator("class_names")
     @classmethod
@@ -74,7 +90,8 @@ class PreprocessingConfig(_Section):
     def _known_fields(cls, overrides: dict[str, Any]) -> dict[str, Any]:
         # A typo here would otherwise surface only when the trainer builds the spec, without the
         # file name; reported like an unknown key of any other section (see _describe).
-        valid = [f.name for f in dataclasses.fields(PreprocessingSpec)]
+        # channels come from data.channels, never from an override
+        valid = [f.name for f in dataclasses.fields(PreprocessingSpec) if f.name != "channels"]
         unknown = [key for key in overrides if key not in valid]
         if unknown:
             raise PydanticCustomError("unknown_override", "unknown preprocessing field(s) {keys}",
@@ -228,6 +245,11 @@ class TrainConfig(_Section):
         if names is not None and isinstance(weights, list) and len(weights) != len(names):
             raise ValueError(f"training.class_weights has {len(weights)} entries but data.class_names "
                              f"has {len(names)}")
+        channels = self.data.channels
+        if channels is not None and len(channels) != self.model.in_channels:
+            raise ValueError(f"data.channels names {len(channels)} channel(s) {channels} but "
+                             f"model.input_size {self.model.input_size} has {self.model.in_channels}: "
+                             f"set input_size to [h, w, d, {len(channels)}]")
         return self
 
     @classmethod

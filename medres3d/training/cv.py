@@ -129,7 +129,7 @@ def cross_validate(config: TrainConfig, *, folds: int | None = None, resume: boo
         raise ConfigError("cross-validation needs a number of folds: cross_validation.folds in the config "
                           "or --folds K")
     manifest_path = config.data.manifest
-    rows = manifest.read_manifest(manifest_path)
+    rows = manifest.read_manifest(manifest_path, config.data.channels)
     names = manifest.class_names_of(rows, config.data.class_names, manifest_path)
     if config.data.class_names is None:
         manifest.check_label_typos(rows, manifest_path)
@@ -163,7 +163,7 @@ def _predict_fold(fold: FoldResult, rows: list[manifest.ManifestRow], device: st
 
     clf = Classifier.load(fold.model_path, device=device, evidence=False)
     out = []
-    for r, p in zip(rows, clf.predict_many([r.path for r in rows]), strict=True):
+    for r, p in zip(rows, clf.predict_many([r.scan for r in rows]), strict=True):
         out.append({"fold": fold.fold, "row": r.row, "path": r.written_path, "label": r.label,
                     "group": r.group or "", "status": p.status, "error": p.error or "",
                     "predicted": p.label or "", "probabilities": dict(p.probabilities)})

@@ -43,17 +43,21 @@ if TYPE_CHECKING:
 
 def items_of(rows: Sequence[ManifestRow], class_names: Sequence[str], stamps: Mapping[int, str]
              ) -> list[dict[str, Any]]:
-    """MONAI data dicts: ``image`` (path), ``label`` (class index), ``row``, ``stamp``.
+    """MONAI data dicts: ``image`` (path; a list of paths for a multi-sequence row), ``label``
+    (class index), ``row``, ``stamp``.
 
     The stamp is part of each item so a disk cache entry is invalidated when its scan changes.
     """
     index = {name: i for i, name in enumerate(class_names)}
-    return [{"image": str(r.path), "label": index[r.label], "row": r.row, "stamp": stamps[r.row]}
-            for r in rows]
+    return [{"image": [str(p) for p in r.channels] if r.channels else str(r.path), "label": index[r.label],
+             "row": r.row, "stamp": stamps[r.row]} for r in rows]
 
 
 class LoadPreprocessd(Transform):
     """Load ``data["image"]`` with medres3d.io and preprocess it with a spec (deterministic, cacheable).
+
+    A list of paths is one multi-sequence scan (:func:`medres3d.io.channels.load_scan`, the
+    loading inference uses), its channels named by ``spec.channels``.
 
     A scan that fails to load does not raise: the item comes back without an image and with
     ``error`` set, so one pass can report every bad row of the manifest at once.
@@ -68,12 +72,12 @@ class LoadPreprocessd(Transform):
         self.spec = spec
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from medres3d.io.readers import load_volume
+        from medres3d.io.channels import load_scan
         from medres3d.transforms import preprocess
 
         out = dict(data)
         try:
-            out["image"] = preprocess(load_volume(data["image"]), self.spec)
+            out["image"] = preprocess(load_scan(data["image"], self.spec.channels), self.spec)
         except MedRes3DError as err:
             out.pop("image")
             out["error"] = str(err)

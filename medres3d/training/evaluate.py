@@ -197,7 +197,8 @@ def evaluate(
     Args:
         model: a model file, several (an ensemble: their probabilities are averaged), or a
             ready :class:`~medres3d.inference.classifier.Classifier`.
-        manifest: the manifest CSV (``path,label[,split][,group]``).
+        manifest: the manifest CSV (``path,label[,split][,group]``; for a multi-sequence model
+            the channel columns its preprocessing names replace ``path``).
         split: ``"train"``, ``"val"``, ``"test"``, or ``"all"`` (every row; the only choice when
             the manifest has no split column).
         out_dir: where to write the files listed in the module docstring (None: write nothing).
@@ -220,13 +221,15 @@ def evaluate(
     from medres3d.inference.classifier import Classifier
 
     check_choice("split", split, EVALUATION_SPLITS)
-    rows = _split_rows(read_manifest(manifest), split, manifest)
     if isinstance(model, Classifier):
         clf = model
     else:
         clf = Classifier.load(model, device=device, **{"evidence": False, **(classifier_options or {})})
+    # a multi-sequence model names the manifest's channel columns (its preprocessing's channels)
+    channels = getattr(clf.preprocessing, "channels", None)
+    rows = _split_rows(read_manifest(manifest, channels), split, manifest)
     _check_labels(rows, clf.class_names, manifest)
-    predictions = clf.predict_many([r.path for r in rows], workers=workers)
+    predictions = clf.predict_many([r.scan for r in rows], workers=workers)
     scans = [_scan_result(r, p) for r, p in zip(rows, predictions, strict=True)]
     classified = [s for s in scans if s.status == "ok"]
     if not classified:

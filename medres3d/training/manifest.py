@@ -2,8 +2,11 @@
 
 A manifest is a CSV with a header and columns ``path,label[,split][,group]``. ``path`` is a NIfTI
 file, another format :func:`medres3d.io.load_volume` reads, or a DICOM series folder, relative to
-the manifest's folder. ``split`` is ``train``, ``val`` or ``test`` (test rows are ignored by
-training); without the column a stratified fraction of rows becomes the validation split.
+the manifest's folder. A multi-sequence manifest has one column per channel instead of ``path``
+(``path_t1,path_t2,path_flair,label``: the columns the config's ``data.channels`` names, in
+channel order); each row is then one scan of several files (:attr:`ManifestRow.scan`).
+``split`` is ``train``, ``val`` or ``test`` (test rows are ignored by training); without the
+column a stratified fraction of rows becomes the validation split.
 ``group`` names the patient (or any unit whose scans are not independent): a group never has
 scans on both sides of a split or a cross-validation fold (:func:`split_rows`, :func:`group_folds`),
 and a split column that puts one group in two splits is refused.
@@ -52,6 +55,8 @@ class ManifestRow:
         split: "train", "val", "test", or None when the manifest has no split column.
         written_path: the path as written in the manifest (used for the data hash).
         group: the patient (group) the scan belongs to, or None without a group column.
+        channels: a multi-sequence manifest's absolute paths, one per channel column in channel
+            order (``path`` is then the first); empty for a single-``path`` manifest.
     """
 
     row: int
@@ -60,14 +65,30 @@ class ManifestRow:
     split: str | None
     written_path: str
     group: str | None = None
+    channels: tuple[Path, ...] = ()
+
+    @property
+    def scan(self) -> Path | tuple[Path, ...]:
+        """What a loader gets: the path, or the channel paths of a multi-sequence row.
+
+        Example:
+            >>> ManifestRow(2, Path("/d/a.nii"), "x", None, "a.nii").scan
+            PosixPath('/d/a.nii')
+        """
+        return self.channels or self.path
 
 
-def read_manifest(manifest: str | os.PathLike[str]) -> list[ManifestRow]:
+def read_manifest(manifest: str | os.PathLike[str], channels: Sequence[str] | None = None
+                  ) -> list[ManifestRow]:
     """Parse a manifest CSV; structural problems of every row are reported together.
 
+    ``channels`` names the columns of a multi-sequence manifest (one file per channel, in
+    channel order; matched case-insensitively); the ``path`` column is then not needed. A row's
+    ``written_path`` lists its channel paths joined by ``;``.
+
     Raises:
-        ManifestError: missing file, missing columns, empty path, label or group, unknown split
-            value, a group in two splits.
+        ManifestError: missing file, missing columns, empty path (or channel path), label or
+            group, unknown split value, a group in two splits.
 
     Example:
         >>> read_manifest("data/manifest.csv")[0]   # doctest: +SKIP
@@ -84,13 +105,19 @@ def read_manifest(manifest: str | os.PathLike[str]) -> list[ManifestRow]:
         raise ManifestError(manifest, "manifest file not found") from err
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise ManifestError(manifest, f"cannot read the manifest as a UTF-8 CSV: {err}") from err
-    columns = _check_columns(manifest, written)
+    channel_columns = None if channels is None else [_column(c) for c in channels]
+    columns = _check_columns(manifest, written, channel_columns)
     has_split, has_group = "split" in columns, "group" in columns
     rows, problems = [], []
     for number, record in records:
         path, label, split = record.get("path", ""), record.get("label", ""), record.get("split")
         group = record.get("group")
-        if not path:
+        written_channels = [record.get(c, "") for c in channel_columns or ()]
+        if channel_columns is not None:
+            path = ";".join(written_channels)
+            problems += [f"row {number}: empty {c}" for c, p in zip(channel_columns, written_channels,
+                                                                     strict=True) if not p]
+        elif not path:
             problems.append(f"row {number}: empty path")
         if not label:
             problems.append(f"row {number}: empty label")
@@ -98,8 +125,10 @@ def read_manifest(manifest: str | os.PathLike[str]) -> list[ManifestRow]:
             problems.append(f"row {number}: split {split!r} is not one of {', '.join(SPLITS)}")
         if has_group and not group:
             problems.append(f"row {number}: empty group (with a group column every row names its patient)")
-        rows.append(ManifestRow(number, (manifest.parent / path).resolve(), label,
-                                split if has_split else None, path, group if has_group else None))
+        resolved = tuple((manifest.parent / p).resolve() for p in written_channels)
+        rows.append(ManifestRow(number, resolved[0] if resolved else (manifest.parent / path).resolve(),
+                                label, split if has_split else None, path, group if has_group else None,
+                                resolved))
     if has_split and has_group and not problems:
         problems += _groups_across_splits(rows)
     if problems:
@@ -132,21 +161,27 @@ def _column(name: str) -> str:
     return name.strip().casefold()
 
 
-def _check_columns(manifest: Path, written: Sequence[str]) -> list[str]:
-    """The header's column names, matched case-insensitively; refuses duplicates and missing columns."""
+def _check_columns(manifest: Path, written: Sequence[str], channels: Sequence[str] | None = None
+                   ) -> list[str]:
+    """The header's column names, matched case-insensitively; refuses duplicates and missing columns.
+
+    With ``channels`` those columns replace ``path`` among the required ones.
+    """
     columns = [_column(c) for c in written]
     found = ", ".join(repr(c) for c in written) or "none"
-    twice = sorted({c for c in columns if columns.count(c) > 1 and c in MANIFEST_COLUMNS})
+    required = ["path", "label"] if channels is None else [*channels, "label"]
+    known = {*MANIFEST_COLUMNS, *required}
+    twice = sorted({c for c in columns if columns.count(c) > 1 and c in known})
     if twice:
         raise ManifestError(manifest, f"the header names the column(s) {', '.join(twice)} more than "
                                       f"once (names are matched case-insensitively); found columns: {found}")
-    missing = [c for c in MANIFEST_COLUMNS[:2] if c not in columns]
+    missing = [c for c in required if c not in columns]
     if missing:
         hints = [f"{close[0]!r} for {c!r}?" for c in missing
                  if (close := difflib.get_close_matches(c, columns, n=1, cutoff=0.6))]
         hint = f"; did you mean {', '.join(hints)}" if hints else ""
-        raise ManifestError(manifest, f"the header must name the columns path,label[,split][,group] "
-                                      f"(in any case); "
+        raise ManifestError(manifest, f"the header must name the columns {','.join(required)}"
+                                      "[,split][,group] (in any case); "
                                       f"missing {', '.join(missing)}; found columns: {found}{hint}")
     return columns
 
@@ -278,33 +313,44 @@ def _word_length(text: str, index: int) -> int:
 def check_files(rows: Sequence[ManifestRow], manifest: str | os.PathLike[str]) -> dict[int, str]:
     """Check that every row's file or folder exists; returns a stamp per row for the data hash.
 
-    The stamp lists names, sizes and modification times (of every file of a DICOM folder), so the
-    hash changes when a scan is replaced; it does not read the contents.
+    The stamp lists names, sizes and modification times (of every file of a DICOM folder, of
+    every channel file of a multi-sequence row), so the hash changes when a scan is replaced; it
+    does not read the contents.
 
     Raises:
-        ManifestError: listing every row whose path is missing or is an empty folder.
+        ManifestError: listing every row whose path (or channel path) is missing or is an empty folder.
     """
     stamps, problems = {}, []
     for r in rows:
-        try:
-            if r.path.is_dir():
-                files = sorted(p for p in r.path.rglob("*") if p.is_file())
-                if not files:
-                    problems.append(f"row {r.row}: folder {r.written_path!r} is empty")
-                    continue
-                parts = [f"{p.relative_to(r.path).as_posix()}:{_stat(p)}" for p in files]
-            elif r.path.is_file():
-                parts = [_stat(r.path)]
-            else:
-                problems.append(f"row {r.row}: {r.written_path!r} does not exist ({r.path})")
-                continue
-        except OSError as err:
-            problems.append(f"row {r.row}: cannot read {r.written_path!r}: {err}")
-            continue
-        stamps[r.row] = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        written = r.written_path.split(";") if r.channels else [r.written_path]
+        parts: list[str] = []
+        for path, shown in zip(r.channels or (r.path,), written, strict=True):
+            part = _stamp_parts(path, shown, r.row, problems)
+            if part is None:
+                break
+            parts += part
+        else:
+            stamps[r.row] = hashlib.sha256("\n".join(parts).encode()).hexdigest()
     if problems:
         raise ManifestError(manifest, summarize_problems(problems))
     return stamps
+
+
+def _stamp_parts(path: Path, written: str, row: int, problems: list[str]) -> list[str] | None:
+    """The stamp lines of one file or folder, or None with the problem appended."""
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            if not files:
+                problems.append(f"row {row}: folder {written!r} is empty")
+                return None
+            return [f"{p.relative_to(path).as_posix()}:{_stat(p)}" for p in files]
+        if path.is_file():
+            return [_stat(path)]
+        problems.append(f"row {row}: {written!r} does not exist ({path})")
+    except OSError as err:
+        problems.append(f"row {row}: cannot read {written!r}: {err}")
+    return None
 
 
 def data_hash(rows: Sequence[ManifestRow], stamps: Mapping[int, str]) -> str:

@@ -233,7 +233,7 @@ class Trainer:
 
         pre = self.config.preprocessing
         try:
-            spec = PreprocessingSpec.preset(pre.preset, **pre.overrides)
+            spec = PreprocessingSpec.preset(pre.preset, **pre.overrides, channels=self.config.data.channels)
         except (ConfigError, TypeError) as err:
             raise ConfigError(f"preprocessing: {err}") from err
         size = list(self.config.model.spatial_size)
@@ -260,7 +260,7 @@ class Trainer:
     def _data(self, spec: Any, ctx: mdist.DistContext) -> _Data:
         cfg = self.config
         manifest_path = cfg.data.manifest
-        rows = manifest.read_manifest(manifest_path)
+        rows = manifest.read_manifest(manifest_path, cfg.data.channels)
         names = manifest.class_names_of(rows, cfg.data.class_names, manifest_path)
         if self.split is None:
             train_rows, val_rows = manifest.split_rows(rows, cfg.data.val_fraction, cfg.training.seed)
