@@ -214,7 +214,12 @@ def _display_names(scans: list[Path]) -> list[str]:
 @app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="model file (.safetensors)")],
-    scans: Annotated[list[Path], typer.Argument(help="NIfTI files, DICOM series folders, ITK images")],
+    scans: Annotated[list[Path] | None, typer.Argument(help="NIfTI files, DICOM series folders, ITK images",
+                                                       show_default=False)] = None,
+    channels: Annotated[list[str] | None, typer.Option(
+        "--channels", help="one multi-sequence scan: its files comma-separated in the model's channel order "
+                           "(t1.nii.gz,t2.nii.gz,flair.nii.gz); repeat for more scans",
+        show_default=False)] = None,
     json_lines: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K")] = "auto",
     overlap: Annotated[float, typer.Option(help="sliding-window overlap in [0, 1)")] = 0.5,
@@ -228,19 +233,26 @@ def predict(
     """Classify scans and print a table (or JSON lines); exit code 1 if no scan could be classified.
 
     Example: medres3d predict model.safetensors scan1.nii.gz dicom/series2/ --json
+    Example: medres3d predict model.safetensors --channels t1.nii.gz,t2.nii.gz,flair.nii.gz
     """
     import json
 
+    from medres3d.errors import ConfigError
     from medres3d.inference.classifier import Classifier
 
     with _usage_errors():
+        scans = [*(scans or []), *(tuple(Path(p.strip()) for p in c.split(",")) for c in channels or [])]
+        if not scans:
+            raise ConfigError("no scan given: name scan files or folders, or a multi-sequence scan with "
+                              "--channels t1.nii.gz,t2.nii.gz")
         clf = Classifier.load(model, device=device, overlap=overlap, aggregate=aggregate,
                               negative_class=negative_class, evidence=False, backend=backend,
                               precision=precision, tta=tta)
         predictions = list(clf.predict_many(scans, workers=workers))
     if json_lines:
         for scan, p in zip(scans, predictions, strict=True):
-            record = {"scan": str(scan), "status": p.status, "error": p.error, "label": p.label,
+            shown = ",".join(map(str, scan)) if isinstance(scan, tuple) else str(scan)
+            record = {"scan": shown, "status": p.status, "error": p.error, "label": p.label,
                       "probabilities": p.probabilities, "num_windows": p.num_windows,
                       "seconds": round(p.seconds, 3), "warnings": p.warnings}
             typer.echo(json.dumps(record))
@@ -248,7 +260,7 @@ def predict(
         from rich.console import Console
         from rich.table import Table
 
-        names = _display_names(scans)
+        names = _display_names([scan[0] if isinstance(scan, tuple) else scan for scan in scans])
         table = Table(title=f"medres3d predict ({model.name}, {clf.device})",
                       caption=f"warm-up {clf.warmup_seconds or 0.0:.2f} s (imports, first forward pass), "
                               "not in any scan's seconds")
