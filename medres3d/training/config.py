@@ -99,6 +99,9 @@ class PreprocessingConfig(_Section):
         return overrides
 
 
+FINE_TUNING_KEYS = ("init_from", "init_normalization", "freeze")
+
+
 class ModelConfig(_Section):
     """The network: every option of the builder (MATLAB ``resnet3dLayers``); unset means MATLAB's default.
 
@@ -115,6 +118,19 @@ class ModelConfig(_Section):
     stack_depth: list[int] | None = None
     num_filters: list[int] | None = None
     normalization: Normalization | None = None
+    init_from: Path | None = Field(
+        None, description="fine-tuning: a model file whose layers matching by name and shape are loaded")
+    init_normalization: Literal["keep", "refit"] = Field(
+        "keep", description="with init_from: keep the source's input statistics, or fit them on this data")
+    freeze: Literal["stem"] | int | None = Field(
+        None, description="with init_from: freeze the stem ('stem') or the stem and the first N stacks")
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (isinstance(value, int) and value < 1):
+            raise ValueError(f"must be 'stem' or a number of stacks >= 1, got {value!r}")
+        return value
 
     @field_validator("input_size")
     @classmethod
@@ -133,7 +149,11 @@ class ModelConfig(_Section):
 
     def builder_options(self) -> dict[str, Any]:
         """The options that were set, as keyword arguments of ``resnet3d(input_size, num_classes, ...)``."""
-        return self.model_dump(exclude={"input_size"}, exclude_none=True)
+        return self.model_dump(exclude={"input_size", *FINE_TUNING_KEYS}, exclude_none=True)
+
+    def fine_tuning(self) -> dict[str, Any]:
+        """The fine-tuning keys (``init_from``, ``init_normalization``, ``freeze``), not builder options."""
+        return {key: getattr(self, key) for key in FINE_TUNING_KEYS}
 
 
 class FlipConfig(_Section):
@@ -202,6 +222,9 @@ class TrainingConfig(_Section):
                             "the model file: 'auto' keeps it only if it lowers the validation NLL")
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    pretrained_lr_factor: float = Field(
+        1.0, gt=0.0, le=1.0, description="with model.init_from: the loaded layers' learning rate is lr "
+                                         "times this (the new layers train at lr)")
 
     @field_validator("class_weights")
     @classmethod
@@ -238,9 +261,16 @@ class TrainConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     output_dir: Path = Field(Path("runs/train"), description="run folder (relative to the config file)")
     cross_validation: CrossValidationConfig = Field(default_factory=CrossValidationConfig)
+    logging: Literal["csv", "tensorboard"] = Field(
+        "csv", description="metrics.csv always; 'tensorboard' also writes them as TensorBoard events "
+                           "(output_dir/tensorboard; pip install 'medres3d[tensorboard]')")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        if self.model.init_from is None and (self.model.freeze is not None
+                                             or self.training.pretrained_lr_factor != 1.0):
+            raise ValueError("model.freeze and training.pretrained_lr_factor need model.init_from (the "
+                             "model file to fine-tune)")
         names, weights = self.data.class_names, self.training.class_weights
         if names is not None and isinstance(weights, list) and len(weights) != len(names):
             raise ValueError(f"training.class_weights has {len(weights)} entries but data.class_names "
@@ -270,6 +300,8 @@ class TrainConfig(_Section):
         base = Path(base_dir) if base_dir is not None else Path.cwd()
         config.data.manifest = (base / config.data.manifest).resolve()
         config.output_dir = (base / config.output_dir).resolve()
+        if config.model.init_from is not None:
+            config.model.init_from = (base / config.model.init_from).resolve()
         return config
 
     def to_yaml(self) -> str:

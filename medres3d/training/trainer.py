@@ -53,7 +53,7 @@ from medres3d._atomic import write_atomically
 from medres3d._progress import progress_bar
 from medres3d.errors import ConfigError, ManifestError, ModelFileError
 from medres3d.training import checkpoint as ckpt
-from medres3d.training import datasets, manifest
+from medres3d.training import datasets, finetune, manifest, tracking
 from medres3d.training import distributed as mdist
 from medres3d.training.config import TrainConfig
 from medres3d.training.metrics import classification_metrics, confusion_matrix
@@ -215,6 +215,8 @@ class Trainer:
         self.split = None if split is None else (list(split[0]), list(split[1]))
         self.run_dir = Path(config.output_dir)
         self._bar: Any = None  # the Rich progress bar while one is shown
+        self._init: finetune.InitReport | None = None  # what model.init_from loaded
+        self._frozen: list[nn.Module] = []  # modules model.freeze froze (kept in eval mode)
 
     def _log(self, ctx: mdist.DistContext, text: str) -> None:
         """One message of rank 0 on stderr, above the progress bar when one is shown."""
@@ -336,13 +338,25 @@ class Trainer:
         if fit_error is not None:
             raise fit_error
 
+    def _init_from(self, net: nn.Module, class_names: list[str], ctx: mdist.DistContext) -> None:
+        """Fine-tuning: load ``model.init_from``'s matching layers, freeze ``model.freeze``."""
+        model = self.config.model
+        self._init, self._frozen = None, []
+        if model.init_from is None:
+            return
+        self._init = finetune.load_pretrained(net, model.init_from, class_names,
+                                              normalization=model.init_normalization)
+        prefixes = finetune.frozen_prefixes(net, model.freeze)
+        self._frozen = finetune.freeze(net, prefixes, self._init)
+        self._log(ctx, self._init.summary() + (f"; frozen: {', '.join(prefixes)}" if prefixes else ""))
+
     def _optimization(self, net: nn.Module) -> tuple[Any, Any]:
         t = self.config.training
+        groups = finetune.parameter_groups(net, self._init, t.lr, t.pretrained_lr_factor)
         if t.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+            optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
         else:
-            optimizer = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum,
-                                        weight_decay=t.weight_decay)
+            optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         if t.schedule == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
         elif t.schedule == "step":
@@ -397,7 +411,7 @@ class Trainer:
     def _train_epoch(self, model: nn.Module, loader: Any, optimizer: Any, scaler: Any, criterion: nn.Module,
                      ctx: mdist.DistContext, progress: Any) -> tuple[float, float]:
         t = self.config.training
-        model.train()
+        finetune.set_train_mode(model, self._frozen)
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
         task = progress.add_task("train", total=len(loader)) if progress is not None else None
         for batch in loader:
@@ -465,8 +479,10 @@ class Trainer:
         if not ctx.enabled:
             return
         # BatchNorm only: the input statistics are identical already, and (3 * x) / 3 != x in float32.
+        frozen = {id(m) for part in self._frozen for m in part.modules()}
         for norm in module.modules():
-            if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats:
+            if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats \
+                    and id(norm) not in frozen:
                 for buffer in (norm.running_mean, norm.running_var):
                     buffer.copy_(mdist.all_reduce_sum(ctx, buffer.detach().clone()) / ctx.world_size)
 
@@ -477,7 +493,9 @@ class Trainer:
         from torch.utils.data import Subset
 
         t = self.config.training
-        norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        frozen = {id(m) for part in self._frozen for m in part.modules()}
+        norms = [m for m in module.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in frozen]
         if not norms:
             return
         saved = [m.momentum for m in norms]
@@ -490,7 +508,7 @@ class Trainer:
         drop_last = len(shard) > t.batch_size and len(shard) % t.batch_size == 1
         loader = DataLoader(shard, batch_size=t.batch_size, shuffle=False, drop_last=drop_last,
                             generator=torch.Generator().manual_seed(_seed(t.seed, 7919, ctx.rank)))
-        module.train()
+        finetune.set_train_mode(module, self._frozen)
         for batch in loader:
             with self._autocast(ctx.device):
                 module(torch.as_tensor(batch["image"]).to(ctx.device).float())
@@ -529,6 +547,8 @@ class Trainer:
         _make_deterministic(t.seed, t.deterministic, ctx)
         self._autocast(ctx.device)  # an impossible amp setting fails now, not after loading the data
         spec = self._spec()
+        if self.config.logging == "tensorboard":
+            tracking.require_tensorboard()  # a missing package fails now, not after loading the data
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         data = self._data(spec, ctx)
@@ -540,7 +560,9 @@ class Trainer:
                               "'val' rows in the split column)")
         checkpoint_path = self.run_dir / "checkpoint.pt"
         state = ckpt.load_checkpoint(checkpoint_path) if self.resume and checkpoint_path.exists() else None
-        self._first_pass(net, data, ctx, fit=state is None)
+        self._init_from(net, data.class_names, ctx)
+        refit = self._init is None or self._init.normalization == "refit"
+        self._first_pass(net, data, ctx, fit=state is None and refit)
         if state is not None:
             _check_compatible(state, net, data.class_names, checkpoint_path)
             net.load_state_dict(state["model"])
@@ -564,6 +586,9 @@ class Trainer:
             ckpt.set_rng_state(state["rng"])
 
         start = run.epoch
+        writer = None
+        if self.config.logging == "tensorboard" and ctx.is_main:
+            writer = tracking.open_tensorboard(self.run_dir, purge_step=start + 1)
         last = t.epochs if until_epoch is None else min(t.epochs, until_epoch)
         if run.stopped_early:  # resuming a run that early stopping ended: only the final steps remain
             last = start
@@ -584,6 +609,8 @@ class Trainer:
                 run.record(row, net, t.early_stopping)
                 if ctx.is_main:
                     _write_metrics(self.run_dir / "metrics.csv", run.history)
+                    if writer is not None:
+                        tracking.log_epoch(writer, row)
                     ckpt.save_checkpoint(checkpoint_path, {
                         **run.to_checkpoint(), "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": None if scheduler is None else scheduler.state_dict(),
@@ -594,6 +621,8 @@ class Trainer:
                 if run.stopped_early:
                     break
         self._bar = None
+        if writer is not None:
+            writer.close()
 
         if not run.stopped_early and run.epoch < t.epochs:
             return TrainResult(self.run_dir, None, False, run.epoch, run.best_epoch, False, run.history,
@@ -648,7 +677,8 @@ class Trainer:
             resolved = cfg.model_copy(deep=True)
             resolved.data.class_names = data.class_names
             options = net.config.to_dict()
-            resolved.model = type(cfg.model)(**{k: v for k, v in options.items() if k != "num_classes"})
+            resolved.model = type(cfg.model)(**{k: v for k, v in options.items() if k != "num_classes"},
+                                             **cfg.model.fine_tuning())
             training = {
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "data_sha256": data.data_hash, "manifest": str(cfg.data.manifest),
@@ -657,6 +687,9 @@ class Trainer:
                 "stopped_early": stopped_early, "output_network": t.output_network,
                 "population_bn_stats": t.population_bn_stats, "final_metrics": final, "history": history,
                 "calibration": calibration,
+                "init_from": None if self._init is None else {
+                    **self._init.to_dict(), "freeze": cfg.model.freeze,
+                    "pretrained_lr_factor": t.pretrained_lr_factor},
                 "world_size": ctx.world_size, "rank_weights_sha256": digests, "weights_sha256": digests[0],
                 "versions": {"medres3d": __version__, "torch": torch.__version__, "monai": monai.__version__,
                              "numpy": np.__version__, "python": platform.python_version()},
