@@ -390,8 +390,10 @@ CASES: dict[str, Case] = {
                 [c.edit_dicom(f, lambda ds: delattr(ds, "ImagePositionPatient")) for f in files] and None
             )
         ),
-        NotAnImageError,
-        r"no ImagePositionPatient/ImageOrientationPatient in any file",
+        # without strict it loads with a no-geometry warning (a CT/MR stack, issue 12)
+        SeriesGeometryError,
+        r"has no ImagePositionPatient/ImageOrientationPatient in any of its \d+ files",
+        {"strict": True},
     ),
     "series-missing-spacing-one": Case(
         _series_then(lambda files: _drop("PixelSpacing")(files) and None), MultipleSeriesError, r"no spacing"

@@ -16,7 +16,7 @@ Example:
     >>> pos = np.array([[0, 0, 0.0], [0, 0, 1.0], [0, 0, 3.0]])
     >>> out, affine = resample_even(stack, pos, (1, 0, 0, 0, 1, 0), (1.0, 1.0), fill=0.0)
     >>> out[:, 0, 0].tolist(), float(affine[2, 2])
-    ([0.0, 10.0, 20.0, 30.0], 1.0)
+    ([0.0, 15.0, 30.0], 1.5)
 """
 
 from __future__ import annotations
