@@ -289,7 +289,9 @@ def predict(
 @app.command()
 def batch(
     model: Annotated[Path, typer.Argument(help="model file (.safetensors)")],
-    root: Annotated[Path, typer.Argument(help="folder searched for DICOM series and NIfTI files")],
+    root: Annotated[Path, typer.Argument(help="folder searched for DICOM series and NIfTI files, or a CSV "
+                                             "listing the scans (path, or one column per channel of a "
+                                             "multi-sequence model; optional id)")],
     out: Annotated[Path, typer.Option("--out", help="results file (docs/batch_output.md)")],
     fmt: Annotated[str | None, typer.Option("--format", help="csv | jsonl (default: by name)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="keep --out's rows, do the rest")] = False,

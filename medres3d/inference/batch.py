@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -165,6 +165,57 @@ def discover(
     return found
 
 
+def discover_listed(listing: str | os.PathLike[str], channels: Sequence[str] | None = None) -> Discovery:
+    """The scans a CSV lists, one per row: ``path``, or one column per channel of a multi-sequence model.
+
+    ``channels`` are the model's channel names (its preprocessing spec's ``channels``): each row
+    then names one file per channel in those columns (a multi-sequence scan, loaded as one input);
+    without them each row names one file or DICOM folder in ``path``. An optional ``id`` column
+    gives each row's id (default: the first path, relative to the CSV's folder, where relative
+    paths are resolved too). A missing file is not checked here: its row becomes an error row.
+
+    Raises:
+        ConfigError: the CSV cannot be read, lacks a needed column, or has an empty cell or
+            repeated ids (the message names the file, the row and the column).
+
+    Example:
+        >>> found = discover_listed("scans.csv", ["t1", "t2"])   # doctest: +SKIP
+        >>> found.items[0].scan                                  # doctest: +SKIP
+        [PosixPath('/data/p1/t1.nii.gz'), PosixPath('/data/p1/t2.nii.gz')]
+    """
+    import csv
+
+    listing = Path(listing)
+    columns = list(channels) if channels else ["path"]
+    try:
+        with open(listing, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+            header = [name.strip() for name in (rows[0].keys() if rows else [])]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"{listing}: cannot read the scan list: {err}") from err
+    missing = [name for name in columns if name not in header]
+    if not rows or missing:
+        raise ConfigError(f"{listing}: the scan list needs a header and the column(s) {columns} "
+                          f"(the model's {'channels' if channels else 'single input'}); "
+                          f"missing {missing or columns}, found {header}")
+    found = Discovery(items=[])
+    seen: set[str] = set()
+    for number, row in enumerate(rows, start=2):  # row 1 is the header, as a spreadsheet counts
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        empty = [name for name in columns if not row[name]]
+        if empty:
+            raise ConfigError(f"{listing}: row {number}: empty {', '.join(empty)}")
+        paths = [Path(row[name]) if Path(row[name]).is_absolute() else listing.parent / row[name]
+                 for name in columns]
+        item_id = row.get("id") or row[columns[0]]
+        if item_id in seen:
+            raise ConfigError(f"{listing}: row {number}: id {item_id!r} is used by an earlier row")
+        seen.add(item_id)
+        scan: Any = paths if channels else paths[0]
+        found.items.append(BatchItem(id=item_id, scan=scan, path=";".join(map(str, paths))))
+    return found
+
+
 def _excluded_series(
     series: Any,
     item: BatchItem,
@@ -261,7 +312,8 @@ def run_batch(
 
     Args:
         model: the model file.
-        root: the folder tree to search (see :func:`discover` for the selection options).
+        root: the folder tree to search (see :func:`discover` for the selection options), or a
+            CSV listing the scans (see :func:`discover_listed`; needed for multi-sequence models).
         out: results file (CSV, or JSON lines with ``fmt="jsonl"`` or a ``.jsonl`` name).
         resume: keep ``out``'s rows and classify only the scans not in it yet.
         workers: loader processes preparing upcoming scans while the network runs (0: none).
@@ -300,13 +352,21 @@ def run_batch(
         # gloo on the CPU for the barrier whatever the device; a batch may run for many hours
         join_process_group("gloo", timedelta(hours=48))
     clf = Classifier.load(model, device=target, evidence=False, **(classifier_options or {}))
-    found = discover(
-        root,
-        modality=modality,
-        series_description=series_description,
-        min_slices=min_slices,
-        include_localizers=include_localizers,
-    )
+    channels = getattr(clf.preprocessing, "channels", None)
+    if channels and not Path(root).is_file():
+        raise ConfigError(f"{root}: the model takes {len(channels)} files per scan ({', '.join(channels)}): "
+                          "give a CSV listing the scans, one column per channel (docs/batch_output.md)")
+    if Path(root).suffix.lower() == ".csv" or channels:
+        # a multi-sequence scan is several files: only a list says which belong together
+        found = discover_listed(root, channels)
+    else:
+        found = discover(
+            root,
+            modality=modality,
+            series_description=series_description,
+            min_slices=min_slices,
+            include_localizers=include_localizers,
+        )
     columns = result_columns(clf.class_names)
     summary = BatchSummary(
         out=str(out),
