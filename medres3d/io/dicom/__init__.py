@@ -178,6 +178,10 @@ def load_dicom_file(
     header = read_header(path)
     if isinstance(header, SkippedFile):
         raise _SKIP_ERRORS.get(header.kind, CorruptFileError)(header.path, header.reason)
+    if header.is_mosaic:  # one Siemens mosaic file is a whole volume (one time point or direction)
+        from medres3d.io.dicom.mosaic import load_mosaic
+
+        return load_mosaic(header, dtype=dtype, max_voxels=max_voxels)
     if not header.is_multiframe:
         raise UnsupportedFormatError(
             header.path,

@@ -64,6 +64,10 @@ class MosaicLayout:
     warning: str | None = None
 
 
+# Smaller tiles are no image: a header claiming that many images is damaged.
+_MIN_TILE = 4
+
+
 def mosaic_layout(header: FileHeader) -> MosaicLayout:
     """Read and check the CSA header of a mosaic file: number of images, tiling and geometry.
 
@@ -100,11 +104,13 @@ def mosaic_layout(header: FileHeader) -> MosaicLayout:
             "header (0029,1010) nor in (0019,100A): the number of slices is unknown",
         )
     tiles = math.ceil(math.sqrt(count))
-    if count < 1 or header.rows % tiles or header.columns % tiles:
+    # Tiles are Rows // tiles high, as nibabel and dcm2niix cut them: a mosaic's sides need not be
+    # a multiple of the grid (nibabel's 0.dcm: 48 tiles of 36x36 in 256x256, the rest unused).
+    if count < 1 or min(header.rows, header.columns) // tiles < _MIN_TILE:
         raise CorruptFileError(
             header.path,
             f"a Siemens mosaic claims {count} images, which a {header.rows}x{header.columns} image cannot "
-            f"hold as a {tiles}x{tiles} grid of equal tiles",
+            f"hold as a {tiles}x{tiles} grid of tiles of at least {_MIN_TILE}x{_MIN_TILE} pixels",
         )
     if header.position is None or header.orientation is None or header.pixel_spacing is None:
         raise SeriesGeometryError(
@@ -159,8 +165,9 @@ def read_mosaic_into(out: np.ndarray, header: FileHeader, layout: MosaicLayout) 
             header.path, f"decoded mosaic is {mosaic.shape}, the header says {header.rows}x{header.columns}"
         )
     t, r, c = layout.tiles, layout.rows, layout.columns
-    # (tile row, row, tile column, column) -> tiles in row-major order, as Siemens lays them out
-    tiles = mosaic.reshape(t, r, t, c).transpose(0, 2, 1, 3).reshape(t * t, r, c)
+    # (tile row, row, tile column, column) -> tiles in row-major order, as Siemens lays them out;
+    # rows and columns past the last whole tile are not part of any image
+    tiles = mosaic[: t * r, : t * c].reshape(t, r, t, c).transpose(0, 2, 1, 3).reshape(t * t, r, c)
     for k in range(layout.num_images):
         rescale_into(out[k], tiles[k], header.slope, header.intercept)
 

@@ -272,3 +272,33 @@ def test_as_4d_native_dtype_widens_when_volumes_differ(tmp_path):
     vol = load_dicom_series(tmp_path, as_4d=True, dtype="native")
     assert vol.array.dtype == np.int32  # holds both uint16 and int16
     np.testing.assert_array_equal(vol.array, np.rint(np.stack([magnitude, phase])))
+
+
+def test_nibabels_other_mosaics_load_as_dcm2niix_cuts_them(tmp_path):
+    """0.dcm and 1.dcm: 48 tiles of 36x36 in a 256x256 mosaic (the last 4 rows and columns unused).
+
+    These are trimmed test files (AcquisitionMatrix says 128x128 tiles, which a real 7x7 mosaic
+    would hold in 896x896): nibabel gives their shape (36, 36, 48) but cannot cut them (its
+    get_data fails); dcm2niix converts them to the same grid and affine, which is checked, but
+    cuts their leftover pixels differently, so the voxels are checked against tiles cut by hand
+    from pydicom's pixel array. A mosaic file passed alone is a whole volume, not "a single 2D
+    slice".
+    """
+    from medres3d import load_volume
+
+    data = Path(nibabel.__file__).parent / "nicom" / "tests" / "data"
+    for name in ("0.dcm", "1.dcm"):
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        path = shutil.copy(data / name, folder / name)
+        volume = load_volume(path)
+        assert volume.spatial_shape == (36, 36, 48)
+        (converted,) = run_dcm2niix(folder, tmp_path / f"out_{name}")
+        assert converted.data.shape[:3] == (36, 36, 48)
+        matched_voxels(volume, converted)  # checks the two affines within 1e-3 mm
+        ds = pydicom.dcmread(path)
+        mosaic = ds.pixel_array.astype(np.float64) * float(getattr(ds, "RescaleSlope", 1)) + float(
+            getattr(ds, "RescaleIntercept", 0))
+        tiles = [mosaic[36 * (k // 7): 36 * (k // 7 + 1), 36 * (k % 7): 36 * (k % 7 + 1)] for k in range(48)]
+        expected = np.stack([tile.T for tile in tiles], axis=-1)  # array[i, j, k] = pixel[j, i] of tile k
+        np.testing.assert_array_equal(volume.array[0], expected)
