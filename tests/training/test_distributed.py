@@ -58,6 +58,8 @@ def test_torchrun_two_processes(small_dataset, tmp_path, make_config):
 
 
 def _average_on_rank(rank: int, store: str, result: str) -> None:
+    from types import SimpleNamespace
+
     import torch
     import torch.distributed as dist
 
@@ -72,7 +74,8 @@ def _average_on_rank(rank: int, store: str, result: str) -> None:
     # identical input statistics on every rank (as fit_normalization leaves them), rank-specific BN
     net.input.set_statistics(mean=[0.1], std=[0.3], min=[-0.7], max=[0.9])
     net.bn1.running_mean.fill_(float(rank))
-    Trainer._average_buffers(None, net, DistContext(rank, 3, rank, torch.device("cpu")))  # self unused
+    nothing_frozen = SimpleNamespace(_frozen=())  # the only Trainer state _average_buffers reads
+    Trainer._average_buffers(nothing_frozen, net, DistContext(rank, 3, rank, torch.device("cpu")))
     torch.save({"input": {k: getattr(net.input, k) for k in ("mean", "std", "min", "max")},
                 "bn1": net.bn1.running_mean}, f"{result}.{rank}")
     dist.destroy_process_group()
