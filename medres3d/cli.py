@@ -211,6 +211,10 @@ def _display_names(scans: list[Path]) -> list[str]:
     return [p.relative_to(common).as_posix() for p in resolved]
 
 
+_MEMBER_HELP = ("another model file whose probabilities are averaged with MODEL's (an ensemble, e.g. the "
+                "folds of a cross-validation); repeat for more; members share classes and preprocessing")
+
+
 @app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="model file (.safetensors)")],
@@ -229,6 +233,8 @@ def predict(
     backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "torch",
     precision: Annotated[str | None, typer.Option(help=_PRECISION_HELP, show_default=False)] = None,
     tta: Annotated[str, typer.Option(help=_TTA_HELP)] = "none",
+    member: Annotated[list[Path] | None, typer.Option(
+        "--member", help=_MEMBER_HELP, show_default=False)] = None,
 ) -> None:
     """Classify scans and print a table (or JSON lines); exit code 1 if no scan could be classified.
 
@@ -245,7 +251,8 @@ def predict(
         if not scans:
             raise ConfigError("no scan given: name scan files or folders, or a multi-sequence scan with "
                               "--channels t1.nii.gz,t2.nii.gz")
-        clf = Classifier.load(model, device=device, overlap=overlap, aggregate=aggregate,
+        clf = Classifier.load([model, *member] if member else model, device=device, overlap=overlap,
+                              aggregate=aggregate,
                               negative_class=negative_class, evidence=False, backend=backend,
                               precision=precision, tta=tta)
         predictions = list(clf.predict_many(scans, workers=workers))
@@ -313,6 +320,8 @@ def batch(
     backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "torch",
     precision: Annotated[str | None, typer.Option(help=_PRECISION_HELP, show_default=False)] = None,
     tta: Annotated[str, typer.Option(help=_TTA_HELP)] = "none",
+    member: Annotated[list[Path] | None, typer.Option(
+        "--member", help=_MEMBER_HELP, show_default=False)] = None,
 ) -> None:
     """Classify every image series and NIfTI file under ROOT, one row each, written as it is done.
 
@@ -329,7 +338,8 @@ def batch(
                    err=True)
     with _usage_errors():
         summary = run_batch(
-            model, root, out, fmt=fmt, resume=resume, workers=workers, scan_timeout=scan_timeout,
+            [model, *member] if member else model, root, out, fmt=fmt, resume=resume, workers=workers,
+            scan_timeout=scan_timeout,
             device=device, modality=modality,
             series_description=series_description, min_slices=min_slices,
             include_localizers=include_localizers, fsync=fsync, progress=not no_progress,

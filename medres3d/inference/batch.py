@@ -291,7 +291,7 @@ def _rows(
 
 
 def run_batch(
-    model: str | os.PathLike[str],
+    model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     root: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
@@ -311,7 +311,7 @@ def run_batch(
     """Classify every selected scan under ``root`` into one results file ``out``.
 
     Args:
-        model: the model file.
+        model: the model file (or export folder), or a list of them: an ensemble.
         root: the folder tree to search (see :func:`discover` for the selection options), or a
             CSV listing the scans (see :func:`discover_listed`; needed for multi-sequence models).
         out: results file (CSV, or JSON lines with ``fmt="jsonl"`` or a ``.jsonl`` name).

@@ -98,3 +98,29 @@ def test_evaluate_an_ensemble(tmp_path):
     assert result.metrics["roc_auc[lesion]"].value == pytest.approx(
         sk.roc_auc_score([i % 2 for i in range(12)], p_lesion), abs=1e-6)
     assert result.model == " + ".join(str(p) for p in paths)
+
+
+def test_predict_and_batch_take_members_on_the_command_line(tmp_path, scans):
+    import json
+
+    from typer.testing import CliRunner
+
+    from medres3d import Classifier
+    from medres3d.cli import app
+    from medres3d.inference.batch_output import read_results
+    from medres3d.synthetic import make_affine, write_nifti
+
+    paths = [_member(tmp_path, seed) for seed in (1, 2)]
+    scan = write_nifti(scans[1], make_affine(), tmp_path / "scans" / "scan.nii.gz")
+    expected = Classifier.load(paths, device="cpu", evidence=False).predict(scan).probabilities
+    result = CliRunner().invoke(app, ["predict", str(paths[0]), str(scan), "--member", str(paths[1]),
+                                      "--json", "--device", "cpu"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
+    assert record["probabilities"] == pytest.approx(expected, abs=1e-6)
+    out = tmp_path / "results.csv"
+    args = ["batch", str(paths[0]), str(scan.parent), "--out", str(out), "--member", str(paths[1])]
+    result = CliRunner().invoke(app, [*args, "--workers", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    row = read_results(out)[0]
+    assert {name: float(row[f"p_{name}"]) for name in NAMES} == pytest.approx(expected, abs=1e-6)
