@@ -309,7 +309,9 @@ def _grid_offset_geometry(ds: pydicom.Dataset, header: FileHeader) -> _Geometry:
     Only called once :func:`_missing_geometry` found the position, orientation and offsets present.
     """
     offsets = ds.get("GridFrameOffsetVector")
-    assert header.position is not None and header.orientation is not None and offsets  # _missing_geometry
+    if header.position is None or header.orientation is None or not offsets:  # _missing_geometry checked
+        raise SeriesGeometryError(header.path, "no ImagePositionPatient/ImageOrientationPatient/"
+                                               "GridFrameOffsetVector: the frames cannot be placed")
     if header.pixel_spacing is None:
         raise SeriesGeometryError(header.path, "no valid PixelSpacing: the in-plane voxel size is unknown")
     offsets = np.asarray([float(v) for v in offsets], dtype=np.float64)

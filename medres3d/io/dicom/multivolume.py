@@ -118,12 +118,11 @@ def _load_in_place(ordered: Sequence[DicomSeries], options: dict[str, Any]) -> V
     for n, part in enumerate(ordered[1:], start=1):
         volume = part.load(**options, allocate=slot(n))
         _check_grid(part, volume, ordered[0], first)
-        assert buffer is not None  # the first part allocated it
+        # the first part's load allocated the buffer
         if not np.shares_memory(volume.array, buffer):  # "native" chose a wider integer type here
             buffer = buffer.astype(np.result_type(buffer.dtype, volume.array.dtype))
             buffer[n] = volume.array[0].transpose(2, 1, 0)
         warnings += [f"[{part.part or part.key}] {w}" for w in volume.warnings]
-    assert buffer is not None
     # (C, k, rows, cols) -> (C, i=cols, j=rows, k): a view, as a 3D volume's array is
     return _finish(ordered, first, buffer.transpose(0, 3, 2, 1), warnings)
 
