@@ -93,3 +93,33 @@ def test_buffer_averaging_keeps_input_statistics_bit_exact_on_three_ranks(tmp_pa
         # (3 * x) / 3 is not x in float32 for about one value in seven: the statistics must not be averaged
         for name, value in (("mean", 0.1), ("std", 0.3), ("min", -0.7), ("max", 0.9)):
             assert torch.equal(out["input"][name], torch.tensor([value], dtype=torch.float32)), name
+
+
+@pytest.mark.slow
+def test_torchrun_cross_validation_two_processes(small_dataset, tmp_path, make_config):
+    """``torchrun ... train CONFIG --folds 2``: the folds one after another on both ranks, one summary."""
+    rows = small_dataset.read_text().splitlines()[1:]
+    # no split column (CV folds every row); one patient per scan, absolute paths
+    grouped = tmp_path / "grouped.csv"
+    grouped.write_text("path,label,group\n" + "".join(
+        f"{small_dataset.parent / line.split(',')[0]},{line.split(',')[1]},p{i}\n"
+        for i, line in enumerate(r for r in rows if r)))
+    cfg = make_config(grouped, tmp_path / "cv", epochs=1, device="cpu")
+    config_path = tmp_path / "cv.yaml"
+    config_path.write_text(cfg.to_yaml())
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+               "-m", "medres3d.cli", "train", str(config_path), "--folds", "2", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("2-fold cross-validation") == 1  # only rank 0 writes the summary
+    for fold in (1, 2):
+        model = read_model(tmp_path / "cv" / f"fold_{fold}" / "model.safetensors")
+        assert model.training["world_size"] == 2
+        first, second = model.training["rank_weights_sha256"]
+        assert first == second == weights_sha256(model.net)
+    with open(tmp_path / "cv" / "oof_predictions.csv", newline="") as handle:
+        oof = list(csv.DictReader(handle))
+    assert len(oof) == len([r for r in rows if r]) and {r["fold"] for r in oof} == {"1", "2"}
+    assert (tmp_path / "cv" / "cv_summary.json").is_file()

@@ -156,7 +156,7 @@ def load_dicom_file(
     philips_scaling: str = "display",
     resample: str | None = None,
 ) -> Volume:
-    """Load one multi-frame DICOM file (Enhanced CT/MR, Legacy Converted, RT Dose) as a volume.
+    """Load one multi-frame DICOM file (Enhanced CT/MR, Legacy Converted, RT Dose) or Siemens mosaic.
 
     Args:
         path: the file.
