@@ -100,6 +100,49 @@ def target_layer(net: nn.Module) -> tuple[str, str]:
     return name, name.replace(".", "_")
 
 
+def pytorch_network(classifier: Classifier) -> tuple[nn.Module, list[str]]:
+    """The PyTorch network Grad-CAM differentiates through, and notes on what it is.
+
+    Grad-CAM needs gradients of a PyTorch module's activations, so the network the Classifier runs
+    is unwrapped: a test-time augmentation wrapper (:class:`~medres3d.inference.tta.FlipTTA`) gives
+    its inner network (the explanation is of the un-flipped network: the flipped copies' maps
+    would need flipping back and would cost one backward pass each), ``torch.compile`` and DDP
+    wrappers their module. The torch backend's BatchNorm-folded copy is explained as it is: folding
+    replaces each BatchNorm by an ``nn.Identity`` and keeps every module name, so
+    :func:`target_layer` finds the same ReLU and its activations equal the unfolded network's.
+
+    Raises:
+        ConfigError: no PyTorch network to differentiate: a runtime backend (ONNX Runtime,
+            OpenVINO, a TorchScript export) or an ensemble; the message says what to load instead.
+
+    Example:
+        >>> clf = Classifier.load("model.safetensors", tta="flip")   # doctest: +SKIP
+        >>> net, notes = pytorch_network(clf)                          # doctest: +SKIP
+        >>> type(net).__name__, notes                                  # doctest: +SKIP
+        ('ResNet3D', ['Grad-CAM explains the network without test-time augmentation (tta flip) ...'])
+    """
+    from medres3d.inference.backends import RuntimeNetwork
+    from medres3d.inference.ensemble import MeanProbabilityEnsemble
+    from medres3d.inference.tta import FlipTTA
+
+    net = classifier.net
+    notes = []
+    source = classifier.source or "the model"
+    if isinstance(net, FlipTTA):
+        notes.append(f"Grad-CAM explains the network without test-time augmentation (tta {classifier.tta}); "
+                     "the label and probabilities are the augmented prediction's")
+        net = net.net
+    if isinstance(net, MeanProbabilityEnsemble):
+        raise ConfigError(f"Grad-CAM explains one network, not an ensemble of {len(net.members)} members "
+                          f"({source}): explain each member's model file on its own")
+    if isinstance(net, RuntimeNetwork):
+        raise ConfigError(f"Grad-CAM needs the PyTorch network, but {source} runs in the {net.backend} "
+                          "backend, whose network Grad-CAM can neither hook into nor differentiate: load "
+                          "the model file (.safetensors) with backend='torch' (medres3d explain does)")
+    net = getattr(net, "_orig_mod", net)  # torch.compile keeps the module it compiled here
+    return getattr(net, "module", net), notes  # DistributedDataParallel
+
+
 def _window_cams(
     tensor: torch.Tensor,
     net: nn.Module,
@@ -159,10 +202,11 @@ def explain(
     if label not in classifier.class_names:
         raise ConfigError(f"class_name must be one of {classifier.class_names}, got {class_name!r}")
     class_index = classifier.class_names.index(label)
-    layer, matlab_name = target_layer(classifier.net)
+    net, notes = pytorch_network(classifier)
+    layer, matlab_name = target_layer(net)
     raw, num_windows = _window_cams(
         prepared.tensor,
-        classifier.net,
+        net,
         layer,
         class_index,
         classifier.options["overlap"],
@@ -171,7 +215,7 @@ def explain(
         classifier.device,
     )
     peak = float(raw.max())
-    warnings = list(prepared.warnings)
+    warnings = [*prepared.warnings, *notes]
     if peak > 0:
         raw = raw / peak
     else:

@@ -114,3 +114,46 @@ def test_save_overlay_png_reports_write_errors(model_file, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OutputWriteError, match="PNG"):
         save_overlay_png(explanation, tmp_path / "file" / "x.png")
+
+
+def _small_scan(tmp_path):
+    affine = make_affine((1.0, 1.0, 1.0))
+    return write_nifti(ct_phantom((20, 18, 16), lesion=True, seed=4), affine, tmp_path / "s.nii.gz")
+
+
+def test_tta_classifier_is_explained_through_its_inner_network(model_file, tmp_path):
+    path = _small_scan(tmp_path)
+    plain = explain(Classifier.load(model_file, device="cpu"), path, class_name="lesion")
+    augmented_clf = Classifier.load(model_file, device="cpu", tta="flip:0")
+    augmented = explain(augmented_clf, path, class_name="lesion")
+    np.testing.assert_allclose(augmented.heatmap, plain.heatmap, atol=1e-6)
+    assert augmented.layer == plain.layer == "stack2_block1_relu3"
+    # the label and probabilities stay the augmented prediction's, and the note says so
+    assert augmented.probabilities == pytest.approx(augmented_clf.predict(path).probabilities)
+    assert any("without test-time augmentation (tta flip:0)" in w for w in augmented.warnings)
+
+
+def test_folded_network_gives_the_unfolded_networks_grad_cam(model_file, tmp_path):
+    from medres3d.modelfile import read_model
+
+    path = _small_scan(tmp_path)
+    folded = Classifier.load(model_file, device="cpu")  # the torch backend folds BatchNorm
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.net.modules())
+    model = read_model(model_file)
+    unfolded = Classifier(model.net, model.class_names, model.preprocessing, device="cpu")
+    assert target_layer(folded.net) == target_layer(unfolded.net)
+    a, b = explain(folded, path, class_name="lesion"), explain(unfolded, path, class_name="lesion")
+    np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-4)
+
+
+def test_runtime_backends_and_ensembles_are_refused_saying_what_to_load(model_file, tmp_path):
+    from medres3d.errors import ConfigError
+
+    pytest.importorskip("onnxruntime")
+    path = _small_scan(tmp_path)
+    runtime = Classifier.load(model_file, device="cpu", backend="onnxruntime")
+    with pytest.raises(ConfigError, match=r"onnxruntime backend.*load the model file .* with backend='torch'"):
+        explain(runtime, path)
+    ensemble = Classifier.load([model_file, model_file], device="cpu")
+    with pytest.raises(ConfigError, match=r"not an ensemble of 2 members .*explain each member"):
+        explain(ensemble, path)
