@@ -45,7 +45,7 @@ _ORIENTATION_TOL = 1e-3
 # The only elements the geometry needs (the rest of a large Enhanced header is not converted).
 _GEOMETRY_TAGS = [
     "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "GridFrameOffsetVector",
-    "DoseGridScaling", "SpacingBetweenSlices", "SliceThickness",
+    "DoseGridScaling", "SpacingBetweenSlices", "SliceThickness", "DimensionIndexSequence",
 ]  # fmt: skip
 # positions (one per frame), orientation, pixel spacing, slopes and intercepts (one per frame)
 _Geometry = tuple[list[Sequence[float]], Sequence[float], Sequence[float], list[float], list[float]]
@@ -86,12 +86,17 @@ def load_multiframe_files(
     workers: int | None = None,
     philips_scaling: str = "display",
     resample: str | None = None,
+    frames: Sequence[int] | None = None,
+    decoded_files: dict[Path, Any] | None = None,
 ) -> Volume:
     """Stack the frames of one or more multi-frame files of one series (one frame per file included).
 
     Every frame of every file is placed by its own position and goes through the same planning and
     checks as the files of a single-frame series; all files must share one orientation and pixel
     spacing. Options as ``load_series``; ``workers`` decodes several files in parallel.
+    ``frames`` (0-based, one file only) loads only those frames: one volume of an Enhanced 4D file
+    (see :mod:`medres3d.io.dicom.framesplit`). ``decoded_files`` shares each file's decoded frames
+    between calls (the volumes of one 4D file are then decoded once).
 
     Raises:
         as :func:`load_multiframe`; SeriesGeometryError also when the files differ in orientation
@@ -107,7 +112,10 @@ def load_multiframe_files(
     where = (
         first.path if len(headers) == 1 else Path(os.path.commonpath([str(h.path.parent) for h in headers]))
     )
-    total = sum(h.frames for h in headers)
+    if frames is not None and len(headers) != 1:
+        raise ValueError("frames selects the frames of one file")  # a programming error, not a bad file
+    chosen = [list(frames) if frames is not None else list(range(h.frames)) for h in headers]
+    total = sum(len(c) for c in chosen)
     check_voxel_count((1, first.columns, first.rows, total), where, max_voxels)
     notes = list(notes)
     geometries = [frame_geometry(h, strict=strict, notes=notes) for h in headers]
@@ -121,8 +129,14 @@ def load_multiframe_files(
         raise UnsupportedFormatError(first.path, "a single-frame image: a 2D slice, not a volume")
 
     sources = []
-    for h, (positions, _, _, slopes, intercepts) in zip(headers, geometries, strict=True):
-        decoded = _DecodedFile(h)  # after the voxel check, once per file
+    for h, (positions, _, _, slopes, intercepts), indices in zip(headers, geometries, chosen, strict=True):
+        if any(not 0 <= f < h.frames for f in indices):
+            raise SeriesGeometryError(h.path, f"frames {list(indices)} asked of a file of {h.frames} frames")
+        # after the voxel check, once per file (and once per 4D load when decoded_files is shared)
+        if decoded_files is None:
+            decoded = _DecodedFile(h)
+        else:
+            decoded = decoded_files.setdefault(h.path, _DecodedFile(h))
         sources += [
             SliceSource(
                 h.path,
@@ -131,7 +145,7 @@ def load_multiframe_files(
                 *output_rescale(h, slopes[f], intercepts[f], philips_scaling),
                 functools.partial(decoded.frame, f),
             )
-            for f in range(h.frames)
+            for f in indices
         ]
     meta = series_meta(first)
     meta["num_frames"] = total
@@ -183,14 +197,9 @@ def frame_geometry(header: FileHeader, *, strict: bool = True, notes: list[str] 
         CorruptFileError: the header cannot be parsed.
         SeriesGeometryError: malformed or inconsistent per-frame geometry; no geometry and ``strict``.
     """
+    ds = geometry_dataset(header)
     try:
-        ds = read_dataset_header(header.path, _GEOMETRY_TAGS)
-    except ResourceLimitError:
-        raise
-    except Exception as err:  # pydicom raises several types on a damaged header
-        raise CorruptFileError(header.path, f"cannot read the multi-frame header: {err}") from err
-    try:
-        missing = _missing_geometry(ds, header)
+        missing = missing_geometry(ds, header)
         if missing is not None:
             if strict:
                 raise SeriesGeometryError(
@@ -206,7 +215,43 @@ def frame_geometry(header: FileHeader, *, strict: bool = True, notes: list[str] 
         ) from err
 
 
-def _missing_geometry(ds: pydicom.Dataset, header: FileHeader) -> str | None:
+def geometry_dataset(header: FileHeader) -> pydicom.Dataset:
+    """The functional groups (and dose grid tags) of a multi-frame file, read once per file version.
+
+    The scan (splitting an Enhanced 4D file into volumes) and the load of each of its volumes need
+    the same per-frame sequences; parsing thousands of items once per volume would cost more than
+    decoding the pixels. The dataset is cached (a few files, keyed by path, size and modification
+    time) fully converted, so that readers in several threads only ever read it.
+
+    Raises:
+        CorruptFileError: the header cannot be parsed.
+        ResourceLimitError: a Deflated header too long to inflate.
+
+    Example:
+        >>> from pydicom.data import get_testdata_file
+        >>> from medres3d.io.dicom.header import read_header
+        >>> len(geometry_dataset(read_header(get_testdata_file("rtdose.dcm"))).GridFrameOffsetVector)
+        15
+    """
+    try:
+        info = os.stat(header.path)
+        return _cached_dataset(str(header.path), info.st_mtime_ns, info.st_size)
+    except ResourceLimitError:
+        raise
+    except Exception as err:  # pydicom raises several types on a damaged header
+        raise CorruptFileError(header.path, f"cannot read the multi-frame header: {err}") from err
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_dataset(path: str, mtime_ns: int, size: int) -> pydicom.Dataset:
+    del mtime_ns, size  # part of the cache key only: a rewritten file is read again
+    ds = read_dataset_header(path, _GEOMETRY_TAGS)
+    for _ in ds.iterall():  # converts every raw element now, not lazily in a reader's thread
+        pass
+    return ds
+
+
+def missing_geometry(ds: pydicom.Dataset, header: FileHeader) -> str | None:
     """What makes a file's frames unplaceable (None when it has geometry to read)."""
     if header.is_enhanced:
         shared_seq = ds.get("SharedFunctionalGroupsSequence")
@@ -306,10 +351,10 @@ def _enhanced_geometry(ds: pydicom.Dataset, header: FileHeader) -> _Geometry:
 def _grid_offset_geometry(ds: pydicom.Dataset, header: FileHeader) -> _Geometry:
     """RT Dose style frames: ImagePositionPatient plus GridFrameOffsetVector along the normal.
 
-    Only called once :func:`_missing_geometry` found the position, orientation and offsets present.
+    Only called once :func:`missing_geometry` found the position, orientation and offsets present.
     """
     offsets = ds.get("GridFrameOffsetVector")
-    if header.position is None or header.orientation is None or not offsets:  # _missing_geometry checked
+    if header.position is None or header.orientation is None or not offsets:  # missing_geometry checked
         raise SeriesGeometryError(header.path, "no ImagePositionPatient/ImageOrientationPatient/"
                                                "GridFrameOffsetVector: the frames cannot be placed")
     if header.pixel_spacing is None:

@@ -68,11 +68,14 @@ def load_4d(
     Example:
         >>> vol = load_4d([s for s in find_dicom_series("dwi/") if not s.is_localizer])  # doctest: +SKIP
     """
-    ordered = sorted(parts, key=lambda s: min(_order(h) for h in s.headers))
+    ordered = sorted(parts, key=lambda s: (min(_order(h) for h in s.headers), _frame_order(s)))
     claimed = sum(s.rows * s.columns * max(1, s.num_frames) for s in ordered)
     check_voxel_count((1, claimed, 1, 1), ordered[0].folder, max_voxels)
-    options = {"dtype": dtype, "max_voxels": max_voxels, "strict": strict,
-               "philips_scaling": philips_scaling, "resample": resample}  # fmt: skip
+    options: dict[str, Any] = {"dtype": dtype, "max_voxels": max_voxels, "strict": strict,
+                               "philips_scaling": philips_scaling, "resample": resample}  # fmt: skip
+    if any(p.frames for p in ordered):
+        # the volumes of an Enhanced 4D file: the file is decoded once for all of them
+        options["decoded_files"] = {}
     if resample is None and all(_plain_stack(p) for p in ordered):
         return _load_in_place(ordered, options)
     first = ordered[0].load(**options)
@@ -147,6 +150,14 @@ def _finish(ordered: Sequence[DicomSeries], first: Volume, array: np.ndarray, wa
         meta.pop(single, None)
     source = os.fspath(ordered[0].folder)
     return Volume(array, first.affine, modality=first.modality, meta=meta, source=source)
+
+
+def _frame_order(part: DicomSeries) -> tuple[Any, ...]:
+    """The volumes of one Enhanced 4D file (one header each) in TemporalPositionIndex, then frame order."""
+    if not part.frames:
+        return ()
+    temporal = part.headers[0].temporal_position
+    return (temporal if temporal is not None else math.inf, part.frames[0])
 
 
 def _order(h: FileHeader) -> tuple[Any, ...]:

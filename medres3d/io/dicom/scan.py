@@ -5,7 +5,9 @@ Every file's header is read in parallel (no pixels; see :mod:`medres3d.io.dicom.
 1. files are grouped by SeriesInstanceUID;
 2. each multi-frame file (Enhanced CT/MR, RT Dose...) is a series of its own, except that the
    Enhanced files of one series (slabs of frames, or one frame per file) are split by orientation,
-   image size, pixel spacing and echo as in rule 4 and each part is loaded as one volume;
+   image size, pixel spacing and echo as in rule 4 and each part is loaded as one volume; an
+   Enhanced MR file whose frames repeat positions (a 4D file) is split into one part per volume
+   by its per-frame values, as in rule 5 (:func:`_frame_volumes`);
 3. files whose ImageType says LOCALIZER are set apart as a localizer series;
 4. the rest is split by orientation (ImageOrientationPatient within 1e-3), image size and pixel
    spacing, and echo number: one volume needs one grid;
@@ -221,6 +223,7 @@ class _Group:
     headers: list[FileHeader]
     is_localizer: bool = False
     labels: dict[str, str] = field(default_factory=dict)  # attribute -> value, for naming parts
+    frames: tuple[int, ...] = ()  # one volume of an Enhanced 4D file: its frames (0-based)
 
 
 def _split_uid(members: list[FileHeader]) -> tuple[list[_Group], list[SkippedFile]]:
@@ -294,9 +297,7 @@ _KIND_NAMES = {"M": "magnitude", "P": "phase", "R": "real", "I": "imaginary"}
 def _split_files(members: list[FileHeader]) -> tuple[list[_Group], list[SkippedFile]]:
     multiframe = [h for h in members if h.is_multiframe]
     together = len(multiframe) > 1
-    groups = [
-        _Group([h], labels={"file": h.path.name}) for h in multiframe if not (together and h.is_enhanced)
-    ]
+    groups = [g for h in multiframe if not (together and h.is_enhanced) for g in _frame_volumes(h)]
     groups += _group_enhanced([h for h in multiframe if together and h.is_enhanced])
     single = [h for h in members if not h.is_multiframe]
     with_geometry = [h for h in single if h.position is not None and h.orientation is not None]
@@ -430,7 +431,12 @@ def _split_repeats(group: _Group) -> list[_Group]:
             for g in split:
                 g.labels.pop("volume", None)  # the acquisition or time already names each part
             return split
-    for key in _VOLUME_KEYS:
+    return _split_by_keys(group, _VOLUME_KEYS) or [group]  # else the loader reports the duplicates
+
+
+def _split_by_keys(group: _Group, keys: Sequence[Any]) -> list[_Group] | None:
+    """Split by the first key (a function of a header) that removes the repeated positions, or None."""
+    for key in keys:
         by_key: dict[tuple[Any, ...], list[FileHeader]] = defaultdict(list)
         for h in group.headers:
             by_key[key(h)].append(h)
@@ -441,7 +447,51 @@ def _split_repeats(group: _Group) -> list[_Group]:
             ]
             _label_volumes(split)
             return split
-    return [group]  # the loader reports (and compares) the duplicate positions
+    return None
+
+
+def _frame_volumes(header: FileHeader) -> list[_Group]:
+    """The volumes of a multi-frame file: one, unless an Enhanced MR file's frames repeat positions.
+
+    Then its frames are split like the files of a single-frame 4D series (see
+    :mod:`medres3d.io.dicom.framesplit`): by diffusion, image kind, echo time, TemporalPositionIndex,
+    the DimensionIndexValues that are not a position in the stack, then all together. Each volume
+    is a part whose header carries that volume's values and whose ``frames`` select its frames.
+    Only Enhanced MR is read here (its functional groups, once: the load reuses them): the 4D
+    kinds are MR ones, and a large Enhanced CT keeps its scan cost.
+    """
+    whole = [_Group([header], labels={"file": header.path.name})]
+    if not header.is_enhanced or header.modality != "MR" or header.frames < 2:
+        return whole
+    from medres3d.io.dicom.framesplit import frame_headers
+
+    try:
+        found = frame_headers(header)
+    except MedRes3DError:
+        return whole  # the load names what is wrong with its geometry
+    if found is None or not _has_repeats(found[0]):
+        return whole
+    frames, dims = found
+    keys = (
+        _diffusion_key,
+        lambda h: (h.image_kind,),
+        lambda h: (h.echo_time,),
+        lambda h: (h.temporal_position,),
+        lambda h: dims[h.instance_number],
+        lambda h: (*_diffusion_key(h), h.image_kind, h.echo_time, h.temporal_position, dims[h.instance_number]),
+    )
+    split = _split_by_keys(_Group(frames, labels=dict(whole[0].labels)), keys)
+    if split is None:
+        return whole  # nothing tells the repeats apart: the loader reports them (conflicting-duplicate)
+    volume_fields = ("b_value", "gradient", "echo_time", "repetition_time", "temporal_position", "image_type")
+    return [
+        _Group(
+            [replace(header, **{name: getattr(g.headers[0], name) for name in volume_fields})],
+            labels=g.labels,
+            frames=tuple(sorted(h.instance_number for h in g.headers)),  # type: ignore[misc]
+        )
+        for g in split
+    ]
 
 
 def _diffusion_key(h: FileHeader) -> tuple[Any, ...]:
@@ -544,7 +594,8 @@ def _make_series(uid: str, group: _Group, part: str, notes: tuple[str, ...]) -> 
         part=part,
         rows=first.rows,
         columns=first.columns,
-        num_frames=sum(h.frames for h in headers),
+        num_frames=len(group.frames) if group.frames else sum(h.frames for h in headers),
         notes=notes,
         headers=tuple(headers),
+        frames=group.frames,
     )

@@ -59,6 +59,8 @@ class DicomSeries:
         rows, columns: image size of every file.
         num_frames: number of 2D images (files, or frames of a multi-frame file).
         notes: scan-time remarks carried into the loaded volume's warnings (e.g. excluded localizers).
+        frames: for one volume of an Enhanced 4D file, the 0-based indices of its frames in the
+            file (``headers[0]`` then carries that volume's b-value, echo time...); empty: every frame.
 
     Example:
         >>> series = find_dicom_series("study/")                       # doctest: +SKIP
@@ -82,6 +84,7 @@ class DicomSeries:
     num_frames: int = 0
     notes: tuple[str, ...] = ()
     headers: tuple[FileHeader, ...] = field(default=(), repr=False, compare=False)
+    frames: tuple[int, ...] = field(default=(), repr=False)
 
     @property
     def num_files(self) -> int:
@@ -129,6 +132,7 @@ def load_series(
     philips_scaling: str = "display",
     resample: str | None = None,
     allocate: Allocator | None = None,
+    decoded_files: dict[Path, Any] | None = None,
 ) -> Volume:
     """Load one scanned series (see the module docstring); multi-frame files (one or several) go to
     :func:`medres3d.io.dicom.multiframe.load_multiframe_files`.
@@ -151,6 +155,8 @@ def load_series(
             (:mod:`medres3d.io.dicom.evengrid`), with a ``resampled-even`` warning.
         allocate: a single-frame series' slice buffer (see :func:`~medres3d.io.dicom.stack.build_volume`);
             ignored by mosaics and multi-frame files.
+        decoded_files: multi-frame files decoded once and shared between the loads of the volumes
+            of one 4D file (see :func:`~medres3d.io.dicom.multiframe.load_multiframe_files`).
 
     A series none of whose files has ImagePositionPatient/ImageOrientationPatient (the scan keeps
     only CT/MR/PT/NM stacks of one image size) loads in InstanceNumber order with a ``no-geometry``
@@ -176,7 +182,8 @@ def load_series(
     if all(h.is_multiframe for h in headers):
         return load_multiframe_files(
             headers, dtype=dtype, max_voxels=max_voxels, strict=strict, notes=series.notes, workers=workers,
-            philips_scaling=philips_scaling, resample=resample,
+            philips_scaling=philips_scaling, resample=resample, frames=series.frames or None,
+            decoded_files=decoded_files,
         )  # fmt: skip
     where = series.folder
     first = headers[0]
