@@ -250,9 +250,10 @@ def write_multivolume_series(
 # Dimension index pointers of the Enhanced 4D writer: (index pointer, functional group pointer).
 _STACK_DIMENSIONS = ((0x00209056, 0x00209111), (0x00209057, 0x00209111))  # StackID, InStackPositionNumber
 _VOLUME_DIMENSIONS = {
-    "diffusion": (0x00189087, 0x00189117),  # DiffusionBValue in MRDiffusionSequence
-    "echo": (0x00189082, 0x00189114),  # EffectiveEchoTime in MREchoSequence
-    "time": (0x00209128, 0x00209111),  # TemporalPositionIndex in FrameContentSequence
+    # DiffusionBValue in MRDiffusionSequence, DiffusionGradientOrientation in its direction sequence
+    "diffusion": ((0x00189087, 0x00189117), (0x00189089, 0x00189076)),
+    "echo": ((0x00189082, 0x00189114),),  # EffectiveEchoTime in MREchoSequence
+    "time": ((0x00209128, 0x00209111),),  # TemporalPositionIndex in FrameContentSequence
 }
 
 
@@ -279,7 +280,7 @@ def write_enhanced_4d(
     with ``image_kinds`` an MRImageFrameTypeSequence whose FrameType's third value is MAGNITUDE,
     PHASE, REAL or IMAGINARY (and ComplexImageComponent). The DimensionIndexSequence names the
     value that varies (b-value, echo time, else the temporal position) after stack and in-stack
-    position, as Philips and Siemens Enhanced exports do.
+    position, as Philips and Siemens Enhanced exports do (diffusion: b-value rank, then volume).
 
     Args:
         volumes: 3D arrays (i, j, k) of one shape (stored as uint16 when all are >= 0, else int16).
@@ -342,7 +343,7 @@ def write_enhanced_4d(
     ds.DimensionOrganizationSequence = [Dataset()]
     ds.DimensionOrganizationSequence[0].DimensionOrganizationUID = dim_uid
     ds.DimensionIndexSequence = []
-    for pointer, group in (*_STACK_DIMENSIONS, _VOLUME_DIMENSIONS[varying]):
+    for pointer, group in (*_STACK_DIMENSIONS, *_VOLUME_DIMENSIONS[varying]):
         item = Dataset()
         item.DimensionOrganizationUID = dim_uid
         item.DimensionIndexPointer = pointer
@@ -375,12 +376,13 @@ def write_enhanced_4d(
         content.StackID = "1"
         content.InStackPositionNumber = k + 1
         content.TemporalPositionIndex = v + 1
-        third = v + 1
+        # one index tuple per volume, as converters sort frames by them (dcm2niix does)
+        volume_index = [v + 1]
         if b_values is not None:
-            third = b_ranks.index(b_values[v]) + 1
+            volume_index = [b_ranks.index(b_values[v]) + 1, v + 1]
         elif echo_times is not None:
-            third = echo_ranks.index(echo_times[v]) + 1
-        content.DimensionIndexValues = [1, k + 1, third]
+            volume_index = [echo_ranks.index(echo_times[v]) + 1]
+        content.DimensionIndexValues = [1, k + 1, *volume_index]
         item.FrameContentSequence = [content]
         if b_values is not None:
             diffusion = Dataset()

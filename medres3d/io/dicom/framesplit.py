@@ -122,7 +122,8 @@ def _gradient(diffusion: pydicom.Dataset | None) -> tuple[float, float, float] |
     if diffusion is None or not diffusion.get("DiffusionGradientDirectionSequence"):
         return None
     try:
-        vector = tuple(float(v) for v in diffusion.DiffusionGradientDirectionSequence[0].DiffusionGradientOrientation)
+        direction = diffusion.DiffusionGradientDirectionSequence[0]
+        vector = tuple(float(v) for v in direction.DiffusionGradientOrientation)
     except (AttributeError, TypeError, ValueError):
         return None
     return vector if len(vector) == 3 and all(math.isfinite(v) for v in vector) else None  # type: ignore[return-value]
