@@ -140,6 +140,6 @@ def _frame_type(item: pydicom.Dataset | None) -> tuple[str, ...]:
     values = [str(v).strip().upper() for v in (item.get("FrameType") or [])]
     component = str(item.get("ComplexImageComponent", "") or "").strip().upper()
     if component in ("MAGNITUDE", "PHASE", "REAL", "IMAGINARY"):
-        values = (values + ["", "", ""])[:3] + values[3:]
+        values = [*values, "", "", ""][:3] + values[3:]
         values[2] = component
     return tuple(values)

@@ -479,7 +479,7 @@ def _frame_volumes(header: FileHeader) -> list[_Group]:
         lambda h: (h.temporal_position,),
         lambda h: dims[h.instance_number],
         lambda h: (*_diffusion_key(h), h.image_kind, h.echo_time, h.temporal_position,
-                   dims[h.instance_number]),  # fmt: skip
+                   dims[h.instance_number]),
     )
     split = _split_by_keys(_Group(frames, labels=dict(whole[0].labels)), keys)
     if split is None:
