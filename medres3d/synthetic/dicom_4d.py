@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
@@ -188,6 +189,7 @@ def write_multivolume_series(
     echo_times: Sequence[float] | None = None,
     image_kinds: Sequence[str] | None = None,
     series_uid: str | None = None,
+    diffusion_tags: str = "standard",
 ) -> list[Path]:
     """Write several volumes as one single-frame MR series, one file per slice and volume.
 
@@ -199,6 +201,9 @@ def write_multivolume_series(
         echo_times: EchoTime per volume (EchoNumbers follows the rank of the echo time).
         image_kinds: "M", "P", "R" or "I" per volume (ImageType's third value).
         series_uid: a fresh one when None.
+        diffusion_tags: where the b-values and gradients go: "standard" (0018,9087/9089),
+            "philips" (Philips' private (2001,1003) and (2005,10B0/B1/B2) only, Manufacturer
+            Philips, as a Philips DWI export without the standard tags) or "both".
 
     Returns:
         Every file written, volume by volume.
@@ -215,6 +220,8 @@ def write_multivolume_series(
                          ("image_kinds", image_kinds)):  # fmt: skip
         if values is not None and len(values) != len(arrays):
             raise ConfigError(f"{name} must have one entry per volume ({len(arrays)}), got {len(values)}")
+    if diffusion_tags not in ("standard", "philips", "both"):
+        raise ConfigError(f"diffusion_tags must be 'standard', 'philips' or 'both', got {diffusion_tags!r}")
     series_uid = series_uid or new_uid()
     study_uid, frame_uid = new_uid(), new_uid()
     echo_rank = sorted(set(echo_times)) if echo_times is not None else []
@@ -243,7 +250,25 @@ def write_multivolume_series(
             echo_number=echo_rank.index(echo_times[v]) + 1 if echo_times is not None else None,
             pixel_representation=1 if image_kinds is not None else None, bits_stored=16,
         )  # fmt: skip
+    if b_values is not None and diffusion_tags != "standard":
+        for path in written:
+            _philips_diffusion(path, keep_standard=diffusion_tags == "both")
     return written
+
+
+def _philips_diffusion(path: Path, *, keep_standard: bool) -> None:
+    """Move a file's standard diffusion tags into Philips' private blocks (rewritten in place)."""
+    ds = pydicom.dcmread(path)
+    ds.Manufacturer = "Philips Medical Systems"
+    b_value = float(ds.DiffusionBValue)
+    gradient = [float(x) for x in ds.DiffusionGradientOrientation]
+    if not keep_standard:
+        del ds.DiffusionBValue, ds.DiffusionGradientOrientation
+    ds.private_block(0x2001, "Philips Imaging DD 001", create=True).add_new(0x03, "FL", b_value)
+    block = ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True)
+    for element, value in zip((0xB0, 0xB1, 0xB2), gradient, strict=True):  # RL, AP, FH: the LPS axes
+        block.add_new(element, "FL", value)
+    ds.save_as(path, enforce_file_format=True)
 
 
 

@@ -60,9 +60,18 @@ PRIVATE_SCAN_TAGS: dict[int, tuple[str, bool | str, str]] = {
     0x00431039: ("GESlopInt6to9", False, "GEMS_PARM_01"),
     # Philips MR Scale Slope: the "precise" (floating-point) value is displayed / (RS * this)
     0x2005100E: ("PhilipsScaleSlope", "FL", "PHILIPS MR IMAGING DD 001"),
+    # Philips single-frame DWI: b-value, and the gradient along RL, AP, FH (the LPS axes)
+    0x20011003: ("PhilipsBValue", "FL", "PHILIPS IMAGING DD 001"),
+    0x200510B0: ("PhilipsGradientX", "FL", "PHILIPS MR IMAGING DD 001"),
+    0x200510B1: ("PhilipsGradientY", "FL", "PHILIPS MR IMAGING DD 001"),
+    0x200510B2: ("PhilipsGradientZ", "FL", "PHILIPS MR IMAGING DD 001"),
 }
 # The private creators of those blocks.
-_CREATOR_TAGS = {0x00190010: "Creator0019", 0x00430010: "Creator0043", 0x20050010: "Creator2005"}
+_CREATOR_TAGS = {
+    0x00190010: "Creator0019", 0x00430010: "Creator0043", 0x20010010: "Creator2001", 0x20050010: "Creator2005",
+}  # fmt: skip
+# Philips names its blocks of groups 2001 and 2005 either way (exports differ).
+_PHILIPS_CREATORS = frozenset({"PHILIPS IMAGING DD 001", "PHILIPS MR IMAGING DD 001"})
 
 _FAST_TAGS = {
     **tag_table(SCAN_TAGS),
@@ -440,7 +449,7 @@ def _creator(ds: dict[str, Any], name: str) -> str:
 
 
 def _b_value(ds: dict[str, Any]) -> float | None:
-    """DiffusionBValue, else Siemens' (0019,100C) B_value, else GE's first slop_int_6 value."""
+    """DiffusionBValue, else Siemens' (0019,100C) B_value, GE's first slop_int_6 value or Philips' (2001,1003)."""
     standard = _optional_float(ds, "DiffusionBValue")
     if standard is not None:
         return standard
@@ -452,6 +461,10 @@ def _b_value(ds: dict[str, Any]) -> float | None:
         ge = _optional_float(ds, "GESlopInt6to9")
         if ge is not None:
             return ge % 1e9  # GE adds 1e9 to flag a b-value set by the user (dcm2niix does the same)
+    if _creator(ds, "Creator2001") in _PHILIPS_CREATORS:
+        philips = _optional_float(ds, "PhilipsBValue")
+        if philips is not None and math.isfinite(philips):
+            return philips
     return None
 
 
@@ -463,6 +476,11 @@ def _gradient(ds: dict[str, Any]) -> tuple[float, float, float] | None:
         values = ds.get("SiemensGradientDirection")
     if values is None and creator == "GEMS_ACQU_01":
         values = [ds.get(f"GEGradient{axis}") for axis in "XYZ"]
+    if values is None and _creator(ds, "Creator2005") in _PHILIPS_CREATORS:
+        philips = [ds.get(f"PhilipsGradient{axis}") for axis in "XYZ"]
+        # each is one FL value (a list of one from the fast parser's binary floats)
+        values = None if any(v is None for v in philips) else [_multi(v)[0] if _multi(v) else None
+                                                                for v in philips]  # fmt: skip
     try:
         vector = tuple(float(v) for v in _multi(values))  # type: ignore[arg-type]
     except (ValueError, TypeError):
@@ -492,7 +510,7 @@ def _slope(ds: dict[str, Any], sop_name: str) -> float:
 
 def _philips_scale_slope(ds: dict[str, Any]) -> float | None:
     """Philips' MR Scale Slope (2005,100E) when the private block is Philips' and the value usable."""
-    if _creator(ds, "Creator2005") != "PHILIPS MR IMAGING DD 001":
+    if _creator(ds, "Creator2005") not in _PHILIPS_CREATORS:
         return None
     value = _optional_float(ds, "PhilipsScaleSlope")
     return value if value is not None and math.isfinite(value) and value != 0 else None
