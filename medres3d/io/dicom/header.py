@@ -68,7 +68,8 @@ PRIVATE_SCAN_TAGS: dict[int, tuple[str, bool | str, str]] = {
 }
 # The private creators of those blocks.
 _CREATOR_TAGS = {
-    0x00190010: "Creator0019", 0x00430010: "Creator0043", 0x20010010: "Creator2001", 0x20050010: "Creator2005",
+    0x00190010: "Creator0019", 0x00430010: "Creator0043",
+    0x20010010: "Creator2001", 0x20050010: "Creator2005",
 }  # fmt: skip
 # Philips names its blocks of groups 2001 and 2005 either way (exports differ).
 _PHILIPS_CREATORS = frozenset({"PHILIPS IMAGING DD 001", "PHILIPS MR IMAGING DD 001"})
@@ -449,7 +450,7 @@ def _creator(ds: dict[str, Any], name: str) -> str:
 
 
 def _b_value(ds: dict[str, Any]) -> float | None:
-    """DiffusionBValue, else Siemens' (0019,100C) B_value, GE's first slop_int_6 value or Philips' (2001,1003)."""
+    """DiffusionBValue, else Siemens' (0019,100C), GE's first slop_int_6 value or Philips' (2001,1003)."""
     standard = _optional_float(ds, "DiffusionBValue")
     if standard is not None:
         return standard

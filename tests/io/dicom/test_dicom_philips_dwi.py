@@ -1,4 +1,4 @@
-"""Philips single-frame diffusion: private b-value (2001,1003) and gradient (2005,10B0/B1/B2), against dcm2niix.
+"""Philips single-frame diffusion: private b-value (2001,1003), gradient (2005,10B0/B1/B2); against dcm2niix.
 
 Synthetic Philips-like series from :func:`medres3d.synthetic.dicom_4d.write_multivolume_series`
 (``diffusion_tags="philips"``: the standard (0018,9087/9089) moved into Philips' private blocks).
@@ -34,7 +34,8 @@ def test_philips_dwi_splits_by_private_b_value_and_direction_like_dcm2niix(tmp_p
     assert header.b_value == 1000.0
     np.testing.assert_allclose(header.gradient, DIRECTIONS[1], atol=1e-6)  # FL: float32 precision
     assert read_header(files[15], fast=False) == header  # the fast parser and pydicom agree
-    assert [s.part for s in find_dicom_series(tmp_path / "in")] == ["b0", "b1000 dir1", "b1000 dir2", "b1000 dir3"]
+    parts = [s.part for s in find_dicom_series(tmp_path / "in")]
+    assert parts == ["b0", "b1000 dir1", "b1000 dir2", "b1000 dir3"]
     volume = load_dicom_series(tmp_path / "in", as_4d=True)
     assert volume.warnings == []
     np.testing.assert_allclose(volume.array, np.stack(volumes), atol=0.5)
