@@ -206,7 +206,7 @@ def frame_geometry(header: FileHeader, *, strict: bool = True, notes: list[str] 
                     header.path, f"{missing}: its frames cannot be placed in space (strict=True)"
                 )
             return _no_geometry(ds, header, missing, notes)
-        return _enhanced_geometry(ds, header) if header.is_enhanced else _grid_offset_geometry(ds, header)
+        return _placed_geometry(ds, header)
     # pydicom converts values on access: a damaged one raises BytesLengthException/NotImplementedError
     except (AttributeError, IndexError, KeyError, TypeError, ValueError, NotImplementedError,
             BytesLengthException) as err:  # fmt: skip
@@ -249,6 +249,30 @@ def _cached_dataset(path: str, mtime_ns: int, size: int) -> pydicom.Dataset:
     for _ in ds.iterall():  # converts every raw element now, not lazily in a reader's thread
         pass
     return ds
+
+
+def _placed_geometry(ds: pydicom.Dataset, header: FileHeader) -> _Geometry:
+    """The frames' geometry, computed once per file version (the volumes of a 4D file share it).
+
+    Walking thousands of per-frame items costs about 0.1 s; the parts of a 4D file each ask for it.
+    Callers only read the lists.
+    """
+    key = (id(ds), header.frames, header.is_enhanced, header.slope, header.intercept,
+           header.position, header.orientation, header.pixel_spacing)  # fmt: skip
+    with _GEOMETRY_LOCK:
+        found = _GEOMETRY_CACHE.get(key)
+    if found is not None and found[0] is ds:  # the id of a dataset still cached, not a reused one
+        return found[1]
+    geometry = _enhanced_geometry(ds, header) if header.is_enhanced else _grid_offset_geometry(ds, header)
+    with _GEOMETRY_LOCK:
+        if len(_GEOMETRY_CACHE) >= 8:
+            _GEOMETRY_CACHE.pop(next(iter(_GEOMETRY_CACHE)))
+        _GEOMETRY_CACHE[key] = (ds, geometry)
+    return geometry
+
+
+_GEOMETRY_CACHE: dict[tuple[Any, ...], tuple[pydicom.Dataset, _Geometry]] = {}
+_GEOMETRY_LOCK = threading.Lock()
 
 
 def missing_geometry(ds: pydicom.Dataset, header: FileHeader) -> str | None:
