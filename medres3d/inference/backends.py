@@ -10,7 +10,8 @@ when asked for (:func:`require_package`).
 :func:`read_export` reads an export folder written by
 :func:`medres3d.inference.export.export_model` (``medres3d export``): the exported file(s) and the
 sidecar ``medres3d-export.json`` with class names, preprocessing, window size and the SHA-256 of
-every file; :func:`exported_network` runs it. A changed, damaged or mismatched file is a
+every file, and the source model's calibration temperature (applied by the Classifier as for the
+model file); :func:`exported_network` runs it. A changed, damaged or mismatched file is a
 :class:`~medres3d.errors.ModelFileError` naming it. :mod:`medres3d.inference.network_loader` picks
 between a model file and an export.
 
@@ -144,6 +145,7 @@ class ExportedModel:
     in_channels: int
     num_classes: int
     sidecar: dict[str, Any] = field(default_factory=dict)
+    temperature: float | None = None  # the source model file's calibration (None: not calibrated)
 
 
 def is_export(path: str | os.PathLike[str]) -> bool:
@@ -190,6 +192,7 @@ def read_export(path: str | os.PathLike[str]) -> ExportedModel:
             in_channels=int(sidecar["in_channels"]),
             num_classes=int(sidecar["num_classes"]),
             sidecar=sidecar,
+            temperature=stored_temperature(sidecar.get("calibration")),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
         raise ModelFileError(sidecar_path, f"damaged export sidecar: {err}") from err
@@ -204,6 +207,26 @@ def read_export(path: str | os.PathLike[str]) -> ExportedModel:
             raise ModelFileError(file, "changed or damaged since export: its SHA-256 differs from the one "
                                        f"in {SIDECAR}; export the model again")
     return exported
+
+
+def stored_temperature(calibration: Any) -> float | None:
+    """The temperature of a ``calibration`` record (model file provenance or export sidecar), or None.
+
+    Raises:
+        ValueError: a temperature record whose value is not a positive finite number (the callers
+            turn it into a ModelFileError naming the file).
+
+    Example:
+        >>> stored_temperature({"method": "temperature", "temperature": 1.5}), stored_temperature(None)
+        (1.5, None)
+    """
+    if not isinstance(calibration, dict) or calibration.get("method") != "temperature":
+        return None
+    value = calibration.get("temperature")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            np.isfinite(value) and value > 0):
+        raise ValueError(f"calibration temperature must be a positive finite number, got {value!r}")
+    return float(value)
 
 
 def _check_io(path: Path, inputs: list[Any], outputs: list[Any], exported: ExportedModel) -> None:

@@ -215,7 +215,8 @@ class Classifier:
         else:
             loaded = load_network(model_file, backend=backend, precision=precision, device=device)
             source = os.fspath(model_file)
-            options.setdefault("temperature", _stored_temperature(model_file))
+        # a model file's or export sidecar's temperature; an ensemble applies its members' own inside
+        options.setdefault("temperature", loaded.temperature)
         if "amp" in options and "amp" in loaded.options:
             raise ConfigError(f"give precision ({precision!r}) or amp ({options['amp']!r}), not both")
         return cls(
@@ -386,17 +387,6 @@ class Classifier:
             return self.predict_prepared(item)
         except Exception as err:  # one scan's failure becomes its result; the stream goes on
             return _failure(item.source, describe_error(err), item.seconds)
-
-
-def _stored_temperature(model_file: str | os.PathLike[str]) -> float | None:
-    """The temperature a model file's provenance records (None for exports and older files)."""
-    from medres3d.inference.backends import is_export
-    from medres3d.modelfile import read_provenance
-
-    if is_export(model_file):
-        return None
-    calibration = read_provenance(model_file).get("calibration") or {}
-    return calibration.get("temperature") if calibration.get("method") == "temperature" else None
 
 
 def _failure(source: str | None, error: str, seconds: float) -> Prediction:

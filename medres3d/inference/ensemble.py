@@ -8,6 +8,15 @@ probabilities, so the window softmax is exactly the members' mean probability, a
 windows, aggregation, evidence maps and error rows work unchanged. With the default
 ``aggregate="mean"`` a scan's probabilities are the mean of the members' scan probabilities.
 
+Calibration: a member whose model file (or export sidecar) records a temperature ``T_m`` has its
+window probabilities tempered, ``softmax(logits_m / T_m)``, before the members are averaged, so
+each member is calibrated by its own temperature (the folds of a cross-validation each fit
+theirs) and the Classifier applies no further temperature. For a scan of one window this is
+exactly the mean of the members' calibrated predictions. For a scan of several windows the
+temperature acts on each window before aggregation, where a single model's Classifier applies it
+to the aggregated scan probabilities: the members are combined window by window, so their
+separate scan probabilities never exist here.
+
 Example:
     >>> from medres3d.inference.classifier import Classifier
     >>> clf = Classifier.load(["fold_1/model.safetensors", "fold_2/model.safetensors"])  # doctest: +SKIP
@@ -32,6 +41,8 @@ class MeanProbabilityEnsemble(nn.Module):
 
     Args:
         members: networks with the same input (``spatial_size``, ``in_channels``) and classes.
+        temperatures: one calibration temperature per member (None: that member uncalibrated);
+            default none.
 
     Example:
         >>> a, b = nn.Linear(2, 2), nn.Linear(2, 2)
@@ -40,13 +51,26 @@ class MeanProbabilityEnsemble(nn.Module):
         >>> expected = (a(x).softmax(1) + b(x).softmax(1)) / 2
         >>> torch.allclose(ens(x).softmax(1), expected)
         True
+        >>> tempered = MeanProbabilityEnsemble([a, b], temperatures=[2.0, None])
+        >>> expected = ((a(x) / 2.0).softmax(1) + b(x).softmax(1)) / 2
+        >>> torch.allclose(tempered(x).softmax(1), expected)
+        True
     """
 
-    def __init__(self, members: Sequence[nn.Module]) -> None:
+    def __init__(self, members: Sequence[nn.Module],
+                 temperatures: Sequence[float | None] | None = None) -> None:
         super().__init__()
         if len(members) < 1:
             raise ConfigError("an ensemble needs at least one member")
+        temperatures = [None] * len(members) if temperatures is None else list(temperatures)
+        if len(temperatures) != len(members):
+            raise ConfigError(f"{len(temperatures)} temperatures given for {len(members)} ensemble members")
+        for t in temperatures:
+            if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
+                                  or not (math.isfinite(t) and t > 0)):
+                raise ConfigError(f"ensemble member temperatures must be positive finite numbers, got {t!r}")
         self.members = nn.ModuleList(members)
+        self.temperatures = temperatures
         first = members[0]
         for name in ("spatial_size", "in_channels", "num_classes"):
             if hasattr(first, name):
@@ -60,7 +84,9 @@ class MeanProbabilityEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, *spatial)`` -> ``(N, K)`` log mean probabilities (softmax gives the mean)."""
         # logsumexp of the members' log-softmax: the log of the summed probabilities, without underflow
-        stacked = torch.stack([torch.log_softmax(m(x).float(), dim=1) for m in self.members])
+        # logits / T is softmax(log p / T) up to a constant: the calibration of a single model file
+        stacked = torch.stack([torch.log_softmax(m(x).float() / (t or 1.0), dim=1)
+                               for m, t in zip(self.members, self.temperatures, strict=True)])
         return torch.logsumexp(stacked, dim=0) - math.log(len(self.members))
 
 
@@ -123,5 +149,7 @@ def load_ensemble(model_files: Sequence[str | os.PathLike[str]], **load_options:
         if hasattr(getattr(member.net, "module", member.net), "input"):
             require_fitted_normalization(member.net, path)  # the error names the member's file
     first = loaded[0]
-    return LoadedNetwork(MeanProbabilityEnsemble([m.net for m in loaded]), list(first.class_names),
-                         first.preprocessing, first.device, dict(first.options))
+    # each member's own temperature inside the ensemble; none left for the Classifier to apply
+    ensemble = MeanProbabilityEnsemble([m.net for m in loaded], [m.temperature for m in loaded])
+    return LoadedNetwork(ensemble, list(first.class_names), first.preprocessing, first.device,
+                         dict(first.options))

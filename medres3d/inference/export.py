@@ -2,11 +2,12 @@
 
 :func:`export_model` writes the network (BatchNorm folded, the input normalization inside, a
 dynamic batch dimension, fixed window size) and the sidecar ``medres3d-export.json`` (class names,
-preprocessing spec, window size, the source model file's SHA-256, the SHA-256 of every exported
-file, versions) into one folder, so that everything a Classifier needs travels together. The
-export is then loaded back through the same path inference uses and checked against PyTorch on a
-probe batch (a batch size unlike the traced one, so the dynamic batch is checked too); the sidecar
-is written last, only when that check passes, so a folder without it is not an export.
+preprocessing spec, window size, the calibration temperature, the source model file's SHA-256, the
+SHA-256 of every exported file, versions) into one folder, so that everything a Classifier needs
+travels together. The export is then loaded back through the same path inference uses and checked
+against PyTorch on a probe batch (a batch size unlike the traced one, so the dynamic batch is
+checked too); the sidecar is written last, only when that check passes, so a folder without it is
+not an export.
 
 Example:
     >>> result = export_model("model.safetensors", "export-onnx", "onnx")   # doctest: +SKIP
@@ -199,6 +200,9 @@ def export_model(
                   "dtype": "float32", "normalization": "inside the network"},
         "output": {"name": "logits", "shape": ["batch", reference.num_classes]},
         "source_model": {"file": model_file.name, "sha256": file_sha256(model_file)},
+        # the temperature is applied to scan probabilities, outside the network, so it travels here
+        # (None when the model was not calibrated); TTA is an inference option and is not recorded
+        "calibration": _calibration(model_file, model.training),
         "versions": _versions(format, __version__),
     }
     result = ExportResult(folder=folder, format=format, files=files, sidecar=folder / SIDECAR,
@@ -216,6 +220,18 @@ def export_model(
                      "export sidecar")
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _calibration(model_file: Path, training: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The model file's temperature calibration for the sidecar (None when it has none)."""
+    from medres3d.inference.backends import stored_temperature
+
+    calibration = (training or {}).get("calibration")
+    try:
+        temperature = stored_temperature(calibration)
+    except ValueError as err:
+        raise ModelFileError(model_file, str(err)) from err
+    return None if temperature is None else {"method": "temperature", "temperature": temperature}
 
 
 def _verify(reference: nn.Module, folder: Path, format: str, sidecar_text: str, probe_size: int,

@@ -33,6 +33,7 @@ class LoadedNetwork:
     preprocessing: Any  # PreprocessingSpec | None
     device: str | torch.device
     options: dict[str, Any] = field(default_factory=dict)
+    temperature: float | None = None  # calibration from the model file or the export's sidecar
 
 
 def load_network(
@@ -62,7 +63,8 @@ def load_network(
         exported = read_export(path)
         # "cpu": window batches reach a runtime as CPU arrays, whatever device it computes on
         net = exported_network(exported, backend, precision=precision or "fp32", device=device)
-        return LoadedNetwork(net, exported.class_names, exported.preprocessing, "cpu")
+        return LoadedNetwork(net, exported.class_names, exported.preprocessing, "cpu",
+                             temperature=exported.temperature)
     if backend == "torch":
         from medres3d.modelfile import read_model
 
@@ -74,7 +76,8 @@ def load_network(
         options: dict[str, Any] = {"channels_last": True}
         if precision is not None:
             options["amp"] = "bf16" if precision == "bf16" else False
-        return LoadedNetwork(net, model.class_names, model.preprocessing, device, options)
+        return LoadedNetwork(net, model.class_names, model.preprocessing, device, options,
+                             _model_temperature(path, model.training))
     return _export_and_load(path, backend, precision or "fp32", device)
 
 
@@ -92,4 +95,16 @@ def _export_and_load(path: str | os.PathLike[str], backend: str, precision: str,
         exported = read_export(folder)
         net = exported_network(exported, backend, precision=precision, device=device)
     net.source = os.fspath(path)
-    return LoadedNetwork(net, exported.class_names, exported.preprocessing, "cpu")
+    return LoadedNetwork(net, exported.class_names, exported.preprocessing, "cpu",
+                         temperature=exported.temperature)
+
+
+def _model_temperature(path: str | os.PathLike[str], training: dict[str, Any] | None) -> float | None:
+    """The calibration temperature a model file's provenance records (None: not calibrated)."""
+    from medres3d.errors import ModelFileError
+    from medres3d.inference.backends import stored_temperature
+
+    try:
+        return stored_temperature((training or {}).get("calibration"))
+    except ValueError as err:
+        raise ModelFileError(path, str(err)) from err

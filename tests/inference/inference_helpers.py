@@ -25,13 +25,17 @@ class TinyConvNet(nn.Module):
 CLASS_NAMES = ["normal", "lesion"]
 
 
-def make_model_file(path, *, fitted: bool = True, preprocessing=None):
-    """A tiny ResNet3D (input 16^3) with fitted zscore statistics, saved as a model file."""
+def make_model_file(path, *, fitted: bool = True, preprocessing=None, temperature: float | None = None,
+                    seed: int = 0):
+    """A tiny ResNet3D (input 16^3) with fitted zscore statistics, saved as a model file.
+
+    ``temperature`` records a calibration as training does; ``seed`` gives other weights.
+    """
     from medres3d.modelfile import save_model
     from medres3d.models.normalization import fit_normalization
     from medres3d.models.resnet3d import resnet3d
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = resnet3d(
         (16, 16, 16), 2, initial_num_filters=4, num_filters=(4, 8), stack_depth=(1, 1), normalization="zscore"
     )
@@ -42,7 +46,9 @@ def make_model_file(path, *, fitted: bool = True, preprocessing=None):
         if isinstance(module, nn.BatchNorm3d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
-    return save_model(net, path, class_names=CLASS_NAMES, preprocessing=preprocessing)
+    training = None if temperature is None else {
+        "calibration": {"method": "temperature", "temperature": temperature}}
+    return save_model(net, path, class_names=CLASS_NAMES, preprocessing=preprocessing, training=training)
 
 
 class HangingScan:

@@ -181,20 +181,30 @@ def test_cli_export_says_it_verified(model_file, tmp_path):
     assert read_export(tmp_path / "e").class_names == CLASS_NAMES
 
 
-@_needs("onnxruntime")
-def test_batch_with_onnxruntime_and_loader_workers_gives_the_torch_rows(model_file, exports, tmp_path):
+# export format, the backend that runs it, and another backend the resumed run is given
+BATCH_BACKENDS = [("onnx", "onnxruntime", "onnxruntime"), ("openvino", "openvino", "onnxruntime"),
+                  ("torchscript", "torch", "openvino")]
+
+
+@pytest.mark.parametrize(("fmt", "backend", "resume_backend"), BATCH_BACKENDS,
+                         ids=[b[0] for b in BATCH_BACKENDS])
+def test_batch_with_a_backend_and_loader_workers_gives_the_torch_rows(fmt, backend, resume_backend,
+                                                                      model_file, exports, tmp_path):
+    for package in {FORMATS[fmt][1], resume_backend}:
+        if not _available(package):
+            pytest.skip(f"{package} is not installed")
     tree = make_messy_dicom_tree(tmp_path / "tree", shape=(16, 16, 6))
     runner = CliRunner()
     common = ["--no-progress", "--device", "cpu"]
-    torch_out, ort_out = tmp_path / "torch.csv", tmp_path / "ort.csv"
+    torch_out, backend_out = tmp_path / "torch.csv", tmp_path / f"{backend}.csv"
     done = runner.invoke(app, ["batch", str(model_file), str(tree.root), "--out", str(torch_out),
                                "--workers", "0", *common])
     assert done.exit_code == 0, done.output
-    # loader worker processes (a fork server) alongside ONNX Runtime's thread pool
-    done = runner.invoke(app, ["batch", str(exports["onnx"]), str(tree.root), "--out", str(ort_out),
-                               "--workers", "2", "--backend", "onnxruntime", *common])
+    # loader worker processes (a fork server) alongside the runtime's own thread pool
+    done = runner.invoke(app, ["batch", str(exports[fmt]), str(tree.root), "--out", str(backend_out),
+                               "--workers", "2", "--backend", backend, *common])
     assert done.exit_code == 0, done.output
-    expected, got = read_results(torch_out), read_results(ort_out)
+    expected, got = read_results(torch_out), read_results(backend_out)
     assert [r["id"] for r in got] == [r["id"] for r in expected]
     assert any(r["status"] == "error" for r in got)
     for mine, theirs in zip(got, expected, strict=True):
@@ -203,9 +213,39 @@ def test_batch_with_onnxruntime_and_loader_workers_gives_the_torch_rows(model_fi
         for name in CLASS_NAMES:
             if theirs["status"] == "ok":
                 assert float(mine[f"p_{name}"]) == pytest.approx(float(theirs[f"p_{name}"]), abs=1e-5)
-    # resume under another backend: nothing left to do, the rows unchanged
-    before = ort_out.read_text()
-    done = runner.invoke(app, ["batch", str(model_file), str(tree.root), "--out", str(ort_out), "--resume",
-                               "--workers", "0", "--backend", "onnxruntime", *common])
+    # resume under another backend (the model file, exported on the fly): nothing left, rows unchanged
+    before = backend_out.read_text()
+    done = runner.invoke(app, ["batch", str(model_file), str(tree.root), "--out", str(backend_out),
+                               "--resume", "--workers", "0", "--backend", resume_backend, *common])
     assert done.exit_code == 0 and "0 ok, 0 error(s)" in done.output, done.output
-    assert ort_out.read_text() == before
+    assert backend_out.read_text() == before
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_the_calibration_temperature_travels_with_the_export(fmt, tmp_path, large_scan):
+    from inference_helpers import make_model_file
+
+    backend, package = FORMATS[fmt]
+    if not _available(package):
+        pytest.skip(f"{package} is not installed")
+    model = make_model_file(tmp_path / "calibrated.safetensors", temperature=2.5)
+    folder = export_model(model, tmp_path / fmt, fmt).folder
+    assert json.loads((folder / SIDECAR).read_text())["calibration"] == {"method": "temperature",
+                                                                         "temperature": 2.5}
+    reference = Classifier.load(model, device="cpu", evidence=False).predict(large_scan)
+    exported = Classifier.load(folder, device="cpu", backend=backend, evidence=False)
+    assert exported.temperature == 2.5
+    got = exported.predict(large_scan)
+    assert got.meta["temperature"] == 2.5
+    for name in CLASS_NAMES:
+        assert got.probabilities[name] == pytest.approx(reference.probabilities[name], abs=1e-5)
+        assert got.meta["uncalibrated"][name] == pytest.approx(reference.meta["uncalibrated"][name], abs=1e-5)
+    # a model file run directly in a runtime backend (exported on the fly) is calibrated too
+    if backend != "torch":
+        assert Classifier.load(model, device="cpu", backend=backend).temperature == 2.5
+
+
+def test_an_uncalibrated_export_records_no_temperature(exports):
+    folder = next(iter(exports.values()))
+    assert json.loads((folder / SIDECAR).read_text())["calibration"] is None
+    assert read_export(folder).temperature is None

@@ -124,3 +124,26 @@ def test_predict_and_batch_take_members_on_the_command_line(tmp_path, scans):
     assert result.exit_code == 0, result.output
     row = read_results(out)[0]
     assert {name: float(row[f"p_{name}"]) for name in NAMES} == pytest.approx(expected, abs=1e-6)
+
+
+def test_each_member_is_calibrated_by_its_own_temperature(tmp_path, scans):
+    """Members' temperatures apply to their own probabilities before averaging (one window: exactly)."""
+    from inference_helpers import make_model_file
+
+    from medres3d import Classifier
+
+    hot = make_model_file(tmp_path / "hot.safetensors", temperature=3.0, seed=1)
+    cold = make_model_file(tmp_path / "cold.safetensors", temperature=0.5, seed=2)
+    plain = make_model_file(tmp_path / "plain.safetensors", seed=3)
+    members = [Classifier.load(m, device="cpu", evidence=False) for m in (hot, cold, plain)]
+    assert [m.temperature for m in members] == [3.0, 0.5, None]
+    ensemble = Classifier.load([hot, cold, plain], device="cpu", evidence=False)
+    assert ensemble.temperature is None  # none left to apply to the averaged probabilities
+    scan = np.random.default_rng(1).normal(-300, 100, (16, 16, 16)).astype(np.float32)  # one window
+    got = ensemble.predict(scan).probabilities
+    calibrated = [m.predict(scan).probabilities for m in members]
+    for name in got:
+        assert got[name] == pytest.approx(np.mean([c[name] for c in calibrated]), abs=1e-6)
+    # the same members without their temperatures give another average: the temperatures were used
+    raw = [m.predict(scan).meta.get("uncalibrated", m.predict(scan).probabilities) for m in members]
+    assert abs(got["lesion"] - np.mean([r["lesion"] for r in raw])) > 1e-3
