@@ -122,7 +122,7 @@ def cross_validate(config: TrainConfig, *, folds: int | None = None, resume: boo
         >>> cv = cross_validate(config, folds=5, resume=True)   # doctest: +SKIP
         >>> print(cv.to_markdown())                              # doctest: +SKIP
     """
-    from medres3d.runtime import process_place
+    from medres3d.training import distributed as mdist
 
     k = folds if folds is not None else config.cross_validation.folds
     if k is None:
@@ -135,7 +135,26 @@ def cross_validate(config: TrainConfig, *, folds: int | None = None, resume: boo
         manifest.check_label_typos(rows, manifest_path)
     parts = manifest.group_folds(rows, k, config.training.seed)
     base = Path(config.output_dir)
-    is_main = process_place().rank == 0
+    # under torchrun the group is joined once for all folds (each fold's Trainer finds it joined and
+    # leaves it): see mdist.teardown for why it must not be re-created between folds
+    ctx = mdist.setup(config.training.device)
+    try:
+        results, oof = _run_folds(config, parts, names, base, ctx.is_main, resume, progress, verbose)
+        # before the last barrier: the other ranks wait until rank 0 has written the summary, so
+        # that no rank leaves (and exits) while rank 0 still works in the group
+        result = _summarize(base, results, names, oof, config.cross_validation.resamples,
+                            config.training.seed, write=ctx.is_main)
+    except BaseException:
+        mdist.teardown(ctx, wait=False)
+        raise
+    mdist.teardown(ctx)
+    return result
+
+
+def _run_folds(config: TrainConfig, parts: list[Any], names: list[str], base: Path, is_main: bool,
+               resume: bool, progress: bool, verbose: bool) -> tuple[list[FoldResult], list[dict[str, Any]]]:
+    """Train (or find) every fold's model and predict its validation rows on rank 0."""
+    k = len(parts)
     results, oof = [], []
     for number, (train_rows, val_rows) in enumerate(parts, start=1):
         fold_config = config.model_copy(deep=True)
@@ -154,8 +173,7 @@ def cross_validate(config: TrainConfig, *, folds: int | None = None, resume: boo
         results.append(fold)
         if is_main:
             oof += _predict_fold(fold, val_rows, config.training.device)
-    return _summarize(base, results, names, oof, config.cross_validation.resamples, config.training.seed,
-                      write=is_main)
+    return results, oof
 
 
 def _predict_fold(fold: FoldResult, rows: list[manifest.ManifestRow], device: str) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ class DistContext:
     world_size: int
     local_rank: int
     device: torch.device
+    owns_group: bool = False  # setup() joined the group here, so teardown() leaves it
 
     @property
     def enabled(self) -> bool:
@@ -61,11 +62,12 @@ def setup(device: str = "auto") -> DistContext:
     place = process_place()
     if place.distributed and target.type == "cuda":
         target = torch.device("cuda", place.local_rank)
-    if place.distributed and not dist.is_initialized():
+    owns_group = place.distributed and not dist.is_initialized()
+    if owns_group:
         if target.type == "cuda":
             torch.cuda.set_device(place.local_rank)
         join_process_group("nccl" if target.type == "cuda" else "gloo", timedelta(minutes=30))
-    return DistContext(place.rank, place.world_size, place.local_rank, target)
+    return DistContext(place.rank, place.world_size, place.local_rank, target, owns_group)
 
 
 def barrier(ctx: DistContext) -> None:
@@ -78,11 +80,22 @@ def barrier(ctx: DistContext) -> None:
 
 
 def teardown(ctx: DistContext, wait: bool = True) -> None:
-    """Leave the process group, after waiting for every rank unless ``wait`` is False (on errors)."""
+    """Wait for every rank unless ``wait`` is False (on errors), then leave the group if ``ctx`` joined it.
+
+    A group joined by an outer :func:`setup` (cross-validation's, around every fold's Trainer)
+    stays for the next fold: with the default group destroyed and re-created between folds, a
+    rank that finished predicting a fold later than the other hung for good in gloo's
+    ``connectFullMesh`` of the new group (seen under CPU load in
+    tests/training/test_distributed.py; the re-created group reuses the old one's rendezvous keys).
+
+    Example:
+        >>> teardown(setup("cpu"))   # a plain single process: nothing to do
+    """
     if ctx.enabled and dist.is_initialized():
         if wait:
             barrier(ctx)
-        dist.destroy_process_group()
+        if ctx.owns_group:
+            dist.destroy_process_group()
 
 
 def all_gather(ctx: DistContext, obj: Any) -> list[Any]:
