@@ -23,6 +23,11 @@ from medres3d.errors import ConfigError
 from medres3d.inference.calibration import apply_temperature
 
 CALIBRATIONS = ("auto", "temperature", "none")
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+AUTO_MIN_SCANS = 20
+"""``calibration: auto`` fits no temperature on fewer validation scans: one number from a handful of
+scans (often all classified correctly, where the NLL only falls as the temperature shrinks) made
+the test probabilities worse than none (issue 13's tiny-data runs)."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,8 @@ def negative_log_likelihood(probabilities: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(np.maximum(picked, 1e-12)).mean())
 
 
-def fit_temperature(probabilities: np.ndarray, y: np.ndarray, *, bounds: tuple[float, float] = (0.05, 20.0)
-                    ) -> TemperatureFit:
+def fit_temperature(probabilities: np.ndarray, y: np.ndarray, *,
+                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> TemperatureFit:
     """The temperature in ``bounds`` minimizing the NLL of ``softmax(log(p) / T)`` on ``(p, y)``.
 
     Raises:
@@ -71,3 +76,25 @@ def fit_temperature(probabilities: np.ndarray, y: np.ndarray, *, bounds: tuple[f
                             options={"xatol": 1e-6})
     temperature = float(np.exp(found.x))
     return TemperatureFit(temperature, negative_log_likelihood(probs, y), nll(float(found.x)), int(y.size))
+
+
+def auto_refusal(fit: TemperatureFit, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> str | None:
+    """Why ``calibration: auto`` keeps no temperature from ``fit``, or None when it keeps it.
+
+    It is refused on fewer than :data:`AUTO_MIN_SCANS` validation scans, at a search bound (the NLL
+    was still falling: typically a perfectly separated validation split, where no temperature is
+    identifiable), and when it does not lower the validation NLL.
+
+    Example:
+        >>> auto_refusal(TemperatureFit(0.05, 0.3, 0.01, 40))
+        'the fitted temperature is at the search bound 0.05 (the validation NLL was still falling: ...'
+    """
+    if fit.num_scans < AUTO_MIN_SCANS:
+        return (f"{fit.num_scans} validation scans are too few to fit a temperature on (calibration: auto "
+                f"needs {AUTO_MIN_SCANS}; calibration: temperature forces it)")
+    if not bounds[0] * 1.02 < fit.temperature < bounds[1] / 1.02:
+        return (f"the fitted temperature is at the search bound {fit.temperature:.3g} (the validation NLL "
+                "was still falling: a perfectly separated validation split gives no temperature)")
+    if not fit.nll_after < fit.nll_before:
+        return f"temperature scaling did not lower the validation NLL ({fit.nll_before:.4f})"
+    return None

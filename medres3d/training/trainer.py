@@ -634,7 +634,7 @@ class Trainer:
     def _calibrate(self, net: nn.Module, data: _Data, spec: Any, ctx: mdist.DistContext
                    ) -> dict[str, Any] | None:
         """Temperature scaling of the final weights on the validation split, or why there is none."""
-        from medres3d.training.calibration import fit_temperature
+        from medres3d.training.calibration import auto_refusal, fit_temperature
 
         mode = self.config.training.calibration
         if mode == "none":
@@ -643,9 +643,10 @@ class Trainer:
             return {"method": "none", "reason": "no validation rows to fit a temperature on"}
         probs, labels = self._predict(net, data.val_base, spec, ctx)
         fit = fit_temperature(probs, labels)
-        if mode == "auto" and not fit.nll_after < fit.nll_before:
-            return {**fit.to_dict(), "method": "none",
-                    "reason": f"temperature scaling did not lower the validation NLL ({fit.nll_before:.4f})"}
+        refusal = auto_refusal(fit) if mode == "auto" else None
+        if refusal is not None:
+            self._log(ctx, f"calibration: none ({refusal})")
+            return {**fit.to_dict(), "method": "none", "reason": refusal}
         self._log(ctx, f"calibration: temperature {fit.temperature:.3f} (validation NLL {fit.nll_before:.4f} "
                        f"-> {fit.nll_after:.4f}, {fit.num_scans} scans)")
         return fit.to_dict()

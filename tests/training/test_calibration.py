@@ -94,3 +94,27 @@ def test_models_without_calibration_still_load(lesion_dataset, make_config, tmp_
     path = Trainer(config, verbose=False).fit().model_path
     assert read_provenance(path)["calibration"] is None
     assert Classifier.load(path, device="cpu").temperature is None
+
+
+def test_auto_keeps_no_temperature_it_cannot_trust():
+    from medres3d.training.calibration import TemperatureFit, auto_refusal
+
+    probs, y = _overconfident(400, 2, sharpen=3.0, seed=2)
+    assert auto_refusal(fit_temperature(probs, y)) is None  # enough scans, an interior minimum
+    few = fit_temperature(probs[:12], y[:12])
+    assert "12 validation scans are too few" in auto_refusal(few)
+    # every scan right with margin: the NLL falls as T shrinks, down to the search bound
+    separated = np.array([[0.9, 0.1], [0.2, 0.8]] * 15)
+    fit = fit_temperature(separated, np.array([0, 1] * 15))
+    assert fit.temperature == pytest.approx(0.05, rel=0.02)
+    assert "at the search bound" in auto_refusal(fit)
+    assert "did not lower" in auto_refusal(TemperatureFit(1.3, 0.5, 0.5, 40))
+
+
+def test_auto_refuses_a_temperature_from_a_tiny_validation_split(lesion_dataset, make_config, tmp_path):
+    from medres3d.modelfile import read_provenance
+    from medres3d.training import Trainer
+
+    config = make_config(lesion_dataset, tmp_path, epochs=1, calibration="auto")
+    stored = read_provenance(Trainer(config, verbose=False).fit().model_path)["calibration"]
+    assert stored["method"] == "none" and "too few to fit a temperature" in stored["reason"]
