@@ -101,3 +101,18 @@ def bvecs_lps(converted: Converted) -> np.ndarray:
         fsl[:, 0] *= -1
     ras = fsl @ rotation.T
     return ras * np.array([-1.0, -1.0, 1.0])
+
+
+def assert_diffusion_matches(volume: Volume, folder: Path, out: Path, *, atol: float = 0.0,
+                             voxels: bool = True) -> Converted:
+    """dcm2niix's one conversion of ``folder`` against a 4D diffusion ``volume``.
+
+    The affines (within 1e-3 mm, through :func:`matched_voxels`), the voxels (within ``atol``;
+    skipped with ``voxels=False``), the b-values and the b-vectors in the scanner frame (1e-4).
+    """
+    [converted] = run_dcm2niix(folder, out)
+    if voxels:
+        np.testing.assert_allclose(matched_voxels(volume, converted), volume.array, rtol=0, atol=atol)
+    np.testing.assert_array_equal(converted.bvals, volume.meta["b_values"])
+    np.testing.assert_allclose(volume.meta["b_vectors_lps"], bvecs_lps(converted), atol=1e-4)
+    return converted
