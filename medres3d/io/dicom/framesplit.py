@@ -18,16 +18,32 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any
 
-import pydicom
-
-from medres3d.io.dicom.multiframe import frame_geometry, geometry_dataset, missing_geometry
+from medres3d.io.dicom.framegroups import (
+    B_VALUE,
+    COMPLEX_COMPONENT,
+    DIMENSION_INDEX_VALUES,
+    EFFECTIVE_ECHO_TIME,
+    FRAME_CONTENT,
+    FRAME_TYPE,
+    GRADIENT_ORIENTATION,
+    GRADIENT_SEQUENCE,
+    IMAGE_POSITION,
+    IN_STACK_POSITION,
+    MR_DIFFUSION,
+    MR_ECHO,
+    MR_FRAME_TYPE,
+    MR_TIMING,
+    REPETITION_TIME,
+    STACK_ID,
+    TEMPORAL_POSITION_INDEX,
+)
+from medres3d.io.dicom.multiframe import frame_geometry, frame_groups, missing_geometry
 from medres3d.io.dicom.types import FileHeader
 
 # DimensionIndexPointers that place a frame within a volume (not which volume it belongs to).
-_WITHIN_VOLUME = frozenset({0x00209056, 0x00209057, 0x00200032})  # StackID, InStackPositionNumber, IPP
+_WITHIN_VOLUME = frozenset({STACK_ID, IN_STACK_POSITION, IMAGE_POSITION})
 
 
 def frame_headers(header: FileHeader) -> tuple[list[FileHeader], list[tuple[Any, ...]]] | None:
@@ -51,85 +67,78 @@ def frame_headers(header: FileHeader) -> tuple[list[FileHeader], list[tuple[Any,
     Example:
         >>> frames, _ = frame_headers(read_header("dwi_enhanced.dcm"))   # doctest: +SKIP
     """
-    ds = geometry_dataset(header)
-    if not header.is_enhanced or missing_geometry(ds, header) is not None:
+    if not header.is_enhanced:
+        return None
+    groups = frame_groups(header)
+    if missing_geometry(groups, header) is not None:
         return None
     positions, orientation, spacing, _, _ = frame_geometry(header)
-    shared_seq = ds.get("SharedFunctionalGroupsSequence")
-    shared = shared_seq[0] if shared_seq else None
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    within = [
-        n for n, item in enumerate(ds.get("DimensionIndexSequence") or [])
-        if _int(item.get("DimensionIndexPointer")) in _WITHIN_VOLUME
-    ]  # fmt: skip
+    within = {n for n, pointer in enumerate(groups.dimension_pointers) if pointer in _WITHIN_VOLUME}
+    orientation, spacing = tuple(orientation), tuple(spacing)
     frames, dims = [], []
     for f, position in enumerate(positions):
-        groups = (per_frame[f], shared)
-        diffusion = _macro(groups, "MRDiffusionSequence")
-        content = _macro(groups, "FrameContentSequence")
-        frame_type = _macro(groups, "MRImageFrameTypeSequence")
-        echo = _macro(groups, "MREchoSequence")
-        timing = _macro(groups, "MRTimingAndRelatedParametersSequence")
-        temporal = _int(content.get("TemporalPositionIndex")) if content is not None else None
+        diffusion = groups.macro(f, MR_DIFFUSION)
+        content = groups.macro(f, FRAME_CONTENT)
+        echo = groups.macro(f, MR_ECHO)
+        timing = groups.macro(f, MR_TIMING)
+        temporal = _int(content, TEMPORAL_POSITION_INDEX)
         frames.append(
-            replace(
-                header,
+            header.with_values(
                 position=tuple(position),
-                orientation=tuple(orientation),
-                pixel_spacing=tuple(spacing),
-                b_value=_float(diffusion, "DiffusionBValue"),
+                orientation=orientation,
+                pixel_spacing=spacing,
+                b_value=_float(diffusion, B_VALUE),
                 gradient=_gradient(diffusion),
-                echo_time=_float(echo, "EffectiveEchoTime"),
-                repetition_time=_float(timing, "RepetitionTime") or header.repetition_time,
+                echo_time=_float(echo, EFFECTIVE_ECHO_TIME),
+                repetition_time=_float(timing, REPETITION_TIME) or header.repetition_time,
                 temporal_position=temporal,
-                image_type=_frame_type(frame_type) or header.image_type,
+                image_type=_frame_type(groups.macro(f, MR_FRAME_TYPE)) or header.image_type,
                 instance_number=f,
                 acquisition=temporal,
             )
         )
-        values = list(content.get("DimensionIndexValues") or []) if content is not None else []
-        dims.append(tuple(_int(v) for n, v in enumerate(values) if n not in within))
+        values = (content or {}).get(DIMENSION_INDEX_VALUES) or []
+        dims.append(tuple(_to_int(v) for n, v in enumerate(values) if n not in within))
     return frames, dims
 
 
-def _macro(groups: tuple[pydicom.Dataset | None, ...], keyword: str) -> pydicom.Dataset | None:
-    """A functional group macro's item: the frame's own, else the shared one."""
-    for group in groups:
-        if group is not None and group.get(keyword):
-            return group.get(keyword)[0]
-    return None
+def _first(item: dict[int, Any] | None, tag: int) -> Any:
+    values = item.get(tag) if item is not None else None
+    return values[0] if values else None
 
 
-def _int(value: object) -> int | None:
+def _to_int(value: object) -> int | None:
     try:
         return int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError, OverflowError):
         return None  # absent or malformed labels no volume, as in the header scan
 
 
-def _float(item: pydicom.Dataset | None, keyword: str) -> float | None:
-    if item is None:
-        return None
+def _int(item: dict[int, Any] | None, tag: int) -> int | None:
+    return _to_int(_first(item, tag))
+
+
+def _float(item: dict[int, Any] | None, tag: int) -> float | None:
     try:
-        value = float(item.get(keyword))
+        value = float(_first(item, tag))
     except (TypeError, ValueError, OverflowError):
         return None
     return value if math.isfinite(value) else None
 
 
-def _gradient(diffusion: pydicom.Dataset | None) -> tuple[float, float, float] | None:
+def _gradient(diffusion: dict[int, Any] | None) -> tuple[float, float, float] | None:
     """DiffusionGradientOrientation of a directional frame (its DiffusionGradientDirectionSequence)."""
-    if diffusion is None or not diffusion.get("DiffusionGradientDirectionSequence"):
+    direction = _first(diffusion, GRADIENT_SEQUENCE)
+    if direction is None:
         return None
     try:
-        direction = diffusion.DiffusionGradientDirectionSequence[0]
-        vector = tuple(float(v) for v in direction.DiffusionGradientOrientation)
-    except (AttributeError, TypeError, ValueError):
+        vector = tuple(float(v) for v in direction.get(GRADIENT_ORIENTATION) or [])
+    except (TypeError, ValueError):
         return None
     return vector if len(vector) == 3 and all(math.isfinite(v) for v in vector) else None  # type: ignore[return-value]
 
 
-def _frame_type(item: pydicom.Dataset | None) -> tuple[str, ...]:
+def _frame_type(item: dict[int, Any] | None) -> tuple[str, ...]:
     """FrameType, with ComplexImageComponent as its third value when that names the image kind.
 
     Philips writes FrameType values such as ``M_FFE`` that do not name the kind; the
@@ -137,8 +146,8 @@ def _frame_type(item: pydicom.Dataset | None) -> tuple[str, ...]:
     """
     if item is None:
         return ()
-    values = [str(v).strip().upper() for v in (item.get("FrameType") or [])]
-    component = str(item.get("ComplexImageComponent", "") or "").strip().upper()
+    values = [str(v).strip().upper() for v in (item.get(FRAME_TYPE) or [])]
+    component = str(_first(item, COMPLEX_COMPONENT) or "").strip().upper()
     if component in ("MAGNITUDE", "PHASE", "REAL", "IMAGINARY"):
         values = [*values, "", "", ""][:3] + values[3:]
         values[2] = component

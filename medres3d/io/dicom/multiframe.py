@@ -31,10 +31,23 @@ import pydicom
 from pydicom.errors import BytesLengthException
 
 from medres3d.errors import CorruptFileError, ResourceLimitError, SeriesGeometryError, UnsupportedFormatError
+from medres3d.io.dicom.framegroups import (
+    IMAGE_ORIENTATION,
+    IMAGE_POSITION,
+    PIXEL_MEASURES,
+    PIXEL_SPACING,
+    PIXEL_VALUE_TRANSFORMATION,
+    PLANE_ORIENTATION,
+    PLANE_POSITION,
+    RESCALE_INTERCEPT,
+    RESCALE_SLOPE,
+    FrameGroups,
+    read_frame_groups,
+)
 from medres3d.io.dicom.geometry import unit_vectors
 from medres3d.io.dicom.header import read_dataset_header
 from medres3d.io.dicom.pixels import output_rescale, read_frames
-from medres3d.io.dicom.stack import SliceSource, build_volume, check_image_size, series_meta
+from medres3d.io.dicom.stack import Allocator, SliceSource, build_volume, check_image_size, series_meta
 from medres3d.io.dicom.types import FileHeader
 from medres3d.io.limits import DEFAULT_MAX_VOXELS, check_voxel_count
 
@@ -42,11 +55,8 @@ if TYPE_CHECKING:
     from medres3d.io.volume import Volume
 
 _ORIENTATION_TOL = 1e-3
-# The only elements the geometry needs (the rest of a large Enhanced header is not converted).
-_GEOMETRY_TAGS = [
-    "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "GridFrameOffsetVector",
-    "DoseGridScaling", "SpacingBetweenSlices", "SliceThickness", "DimensionIndexSequence",
-]  # fmt: skip
+# What the geometry of a multi-frame file without functional groups needs (RT Dose, no-geometry).
+_GEOMETRY_TAGS = ["GridFrameOffsetVector", "DoseGridScaling", "SpacingBetweenSlices", "SliceThickness"]
 # positions (one per frame), orientation, pixel spacing, slopes and intercepts (one per frame)
 _Geometry = tuple[list[Sequence[float]], Sequence[float], Sequence[float], list[float], list[float]]
 
@@ -88,6 +98,7 @@ def load_multiframe_files(
     resample: str | None = None,
     frames: Sequence[int] | None = None,
     decoded_files: dict[Path, Any] | None = None,
+    allocate: Allocator | None = None,
 ) -> Volume:
     """Stack the frames of one or more multi-frame files of one series (one frame per file included).
 
@@ -96,7 +107,8 @@ def load_multiframe_files(
     spacing. Options as ``load_series``; ``workers`` decodes several files in parallel.
     ``frames`` (0-based, one file only) loads only those frames: one volume of an Enhanced 4D file
     (see :mod:`medres3d.io.dicom.framesplit`). ``decoded_files`` shares each file's decoded frames
-    between calls (the volumes of one 4D file are then decoded once).
+    between calls (the volumes of one 4D file are then decoded once). ``allocate`` gives the slice
+    buffer, as in :func:`~medres3d.io.dicom.stack.build_volume`.
 
     Raises:
         as :func:`load_multiframe`; SeriesGeometryError also when the files differ in orientation
@@ -167,6 +179,7 @@ def load_multiframe_files(
         # one file is decoded once and the per-frame work left is a copy; several decode in parallel
         workers=1 if len(headers) == 1 else workers,
         resample=resample,
+        allocate=allocate,
     )
 
 
@@ -197,16 +210,17 @@ def frame_geometry(header: FileHeader, *, strict: bool = True, notes: list[str] 
         CorruptFileError: the header cannot be parsed.
         SeriesGeometryError: malformed or inconsistent per-frame geometry; no geometry and ``strict``.
     """
-    ds = geometry_dataset(header)
+    groups = frame_groups(header) if header.is_enhanced else None
+    ds = geometry_dataset(header) if groups is None else None
     try:
-        missing = missing_geometry(ds, header)
+        missing = missing_geometry(groups if groups is not None else ds, header)  # type: ignore[arg-type]
         if missing is not None:
             if strict:
                 raise SeriesGeometryError(
                     header.path, f"{missing}: its frames cannot be placed in space (strict=True)"
                 )
-            return _no_geometry(ds, header, missing, notes)
-        return _placed_geometry(ds, header)
+            return _no_geometry(ds if ds is not None else geometry_dataset(header), header, missing, notes)
+        return _placed_geometry(groups if groups is not None else ds, header)  # type: ignore[arg-type]
     # pydicom converts values on access: a damaged one raises BytesLengthException/NotImplementedError
     except (AttributeError, IndexError, KeyError, TypeError, ValueError, NotImplementedError,
             BytesLengthException) as err:  # fmt: skip
@@ -215,13 +229,27 @@ def frame_geometry(header: FileHeader, *, strict: bool = True, notes: list[str] 
         ) from err
 
 
-def geometry_dataset(header: FileHeader) -> pydicom.Dataset:
-    """The functional groups (and dose grid tags) of a multi-frame file, read once per file version.
+def frame_groups(header: FileHeader) -> FrameGroups:
+    """The functional groups of an Enhanced file (read once per file version, shared: read-only).
 
-    The scan (splitting an Enhanced 4D file into volumes) and the load of each of its volumes need
-    the same per-frame sequences; parsing thousands of items once per volume would cost more than
-    decoding the pixels. The dataset is cached (a few files, keyed by path, size and modification
-    time) fully converted, so that readers in several threads only ever read it.
+    Raises:
+        CorruptFileError: the header cannot be parsed.
+        ResourceLimitError: a Deflated header too long to inflate.
+
+    Example:
+        >>> frame_groups(read_header("enhanced_mr.dcm")).macro(0, PLANE_POSITION)  # doctest: +SKIP
+        {2097202: [-120.0, -95.5, 12.0]}
+    """
+    try:
+        return read_frame_groups(header)
+    except ResourceLimitError:
+        raise
+    except Exception as err:  # pydicom raises several types on a damaged header
+        raise CorruptFileError(header.path, f"cannot read the multi-frame header: {err}") from err
+
+
+def geometry_dataset(header: FileHeader) -> pydicom.Dataset:
+    """The dose grid and spacing tags of a multi-frame file without functional groups (RT Dose...).
 
     Raises:
         CorruptFileError: the header cannot be parsed.
@@ -234,58 +262,51 @@ def geometry_dataset(header: FileHeader) -> pydicom.Dataset:
         15
     """
     try:
-        info = os.stat(header.path)
-        return _cached_dataset(str(header.path), info.st_mtime_ns, info.st_size)
+        return read_dataset_header(header.path, _GEOMETRY_TAGS)
     except ResourceLimitError:
         raise
     except Exception as err:  # pydicom raises several types on a damaged header
         raise CorruptFileError(header.path, f"cannot read the multi-frame header: {err}") from err
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_dataset(path: str, mtime_ns: int, size: int) -> pydicom.Dataset:
-    del mtime_ns, size  # part of the cache key only: a rewritten file is read again
-    ds = read_dataset_header(path, _GEOMETRY_TAGS)
-    for _ in ds.iterall():  # converts every raw element now, not lazily in a reader's thread
-        pass
-    return ds
-
-
-def _placed_geometry(ds: pydicom.Dataset, header: FileHeader) -> _Geometry:
+def _placed_geometry(source: FrameGroups | pydicom.Dataset, header: FileHeader) -> _Geometry:
     """The frames' geometry, computed once per file version (the volumes of a 4D file share it).
 
-    Walking thousands of per-frame items costs about 0.1 s; the parts of a 4D file each ask for it.
-    Callers only read the lists.
+    Walking thousands of per-frame items costs tens of milliseconds; each volume of a 4D file asks
+    for it. ``source`` is the file's cached :class:`FrameGroups` (Enhanced) or its dataset; callers
+    only read the lists.
     """
-    key = (id(ds), header.frames, header.is_enhanced, header.slope, header.intercept,
-           header.position, header.orientation, header.pixel_spacing)  # fmt: skip
+    if not isinstance(source, FrameGroups):
+        return _grid_offset_geometry(source, header)
+    key = (id(source), header.frames, header.slope, header.intercept)
     with _GEOMETRY_LOCK:
         found = _GEOMETRY_CACHE.get(key)
-    if found is not None and found[0] is ds:  # the id of a dataset still cached, not a reused one
+    if found is not None and found[0] is source:  # the id of groups still cached, not reused
         return found[1]
-    geometry = _enhanced_geometry(ds, header) if header.is_enhanced else _grid_offset_geometry(ds, header)
+    geometry = _enhanced_geometry(source, header)
     with _GEOMETRY_LOCK:
         if len(_GEOMETRY_CACHE) >= 8:
             _GEOMETRY_CACHE.pop(next(iter(_GEOMETRY_CACHE)))
-        _GEOMETRY_CACHE[key] = (ds, geometry)
+        _GEOMETRY_CACHE[key] = (source, geometry)
     return geometry
 
 
-_GEOMETRY_CACHE: dict[tuple[Any, ...], tuple[pydicom.Dataset, _Geometry]] = {}
+_GEOMETRY_CACHE: dict[tuple[Any, ...], tuple[FrameGroups, _Geometry]] = {}
 _GEOMETRY_LOCK = threading.Lock()
 
 
-def missing_geometry(ds: pydicom.Dataset, header: FileHeader) -> str | None:
-    """What makes a file's frames unplaceable (None when it has geometry to read)."""
-    if header.is_enhanced:
-        shared_seq = ds.get("SharedFunctionalGroupsSequence")
-        shared_plane = bool(shared_seq) and bool(shared_seq[0].get("PlanePositionSequence"))
-        if not ds.get("PerFrameFunctionalGroupsSequence") and not shared_plane:
+def missing_geometry(source: FrameGroups | pydicom.Dataset, header: FileHeader) -> str | None:
+    """What makes a file's frames unplaceable (None when it has geometry to read).
+
+    ``source``: an Enhanced file's :func:`frame_groups`, another file's :func:`geometry_dataset`.
+    """
+    if isinstance(source, FrameGroups):
+        if not source.per_frame and not source.shared.get(PLANE_POSITION):
             return "has no PerFrameFunctionalGroupsSequence (and no shared PlanePositionSequence)"
         return None
     if header.position is None or header.orientation is None:
         return "has no ImagePositionPatient/ImageOrientationPatient and no functional groups"
-    if not ds.get("GridFrameOffsetVector"):
+    if not source.get("GridFrameOffsetVector"):
         return "has ImagePositionPatient but no GridFrameOffsetVector (no functional groups)"
     return None
 
@@ -331,45 +352,49 @@ def unplaced_slice_spacing(ds: pydicom.Dataset) -> tuple[float, str]:
     return 1.0, "1 mm (no SpacingBetweenSlices/SliceThickness)"
 
 
-def _enhanced_geometry(ds: pydicom.Dataset, header: FileHeader) -> _Geometry:
-    shared_seq = ds.get("SharedFunctionalGroupsSequence")
-    shared = shared_seq[0] if shared_seq else None
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    if len(per_frame) != header.frames:
+def _enhanced_geometry(groups: FrameGroups, header: FileHeader) -> _Geometry:
+    if len(groups.per_frame) != header.frames:
         raise SeriesGeometryError(
             header.path,
-            f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for NumberOfFrames={header.frames}",
+            f"PerFrameFunctionalGroupsSequence has {len(groups.per_frame)} items for "
+            f"NumberOfFrames={header.frames}",
         )
-
-    def macro(frame: int, keyword: str) -> Any:
-        for group in (per_frame[frame], shared):
-            if group is not None and group.get(keyword):
-                return group.get(keyword)[0]
-        return None
-
     positions, orientations, spacings, slopes, intercepts = [], [], [], [], []
     for f in range(header.frames):
-        plane = macro(f, "PlanePositionSequence")
-        orient = macro(f, "PlaneOrientationSequence")
-        measures = macro(f, "PixelMeasuresSequence")
+        plane = groups.macro(f, PLANE_POSITION)
+        orient = groups.macro(f, PLANE_ORIENTATION)
+        measures = groups.macro(f, PIXEL_MEASURES)
         if plane is None or orient is None or measures is None:
             missing = [n for n, m in (("PlanePosition", plane), ("PlaneOrientation", orient),
                                       ("PixelMeasures", measures)) if m is None]  # fmt: skip
             raise SeriesGeometryError(
                 header.path, f"frame {f + 1} has no {'/'.join(missing)} functional group: it cannot be placed"
             )
-        positions.append([float(v) for v in plane.ImagePositionPatient])
-        orientations.append([float(v) for v in orient.ImageOrientationPatient])
-        spacings.append([float(v) for v in measures.PixelSpacing])
-        rescale = macro(f, "PixelValueTransformationSequence")
-        slopes.append(float(rescale.get("RescaleSlope", 1.0)) if rescale is not None else header.slope)
-        intercepts.append(
-            float(rescale.get("RescaleIntercept", 0.0)) if rescale is not None else header.intercept
-        )
+        positions.append(_numbers(plane, IMAGE_POSITION, 3, "ImagePositionPatient", header, f))
+        orientations.append(_numbers(orient, IMAGE_ORIENTATION, 6, "ImageOrientationPatient", header, f))
+        spacings.append(_numbers(measures, PIXEL_SPACING, 2, "PixelSpacing", header, f))
+        rescale = groups.macro(f, PIXEL_VALUE_TRANSFORMATION)
+        if rescale is None:
+            slopes.append(header.slope)
+            intercepts.append(header.intercept)
+        else:
+            slopes.append(float((rescale.get(RESCALE_SLOPE) or [1.0])[0]))
+            intercepts.append(float((rescale.get(RESCALE_INTERCEPT) or [0.0])[0]))
     labels = [f"frame {f + 1}" for f in range(header.frames)]
     _check_same(header.path, orientations, "ImageOrientationPatient", _ORIENTATION_TOL, labels)
     _check_same(header.path, spacings, "PixelSpacing", 1e-4, labels)
     return positions, orientations[0], spacings[0], slopes, intercepts
+
+
+def _numbers(
+    item: dict[int, Any], tag: int, count: int, name: str, header: FileHeader, f: int
+) -> list[float]:
+    values = [float(v) for v in item.get(tag) or []]
+    if len(values) != count:
+        raise SeriesGeometryError(
+            header.path, f"frame {f + 1}'s {name} has {len(values)} values, not {count}: it cannot be placed"
+        )
+    return values
 
 
 def _grid_offset_geometry(ds: pydicom.Dataset, header: FileHeader) -> _Geometry:

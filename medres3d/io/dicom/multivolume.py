@@ -76,7 +76,7 @@ def load_4d(
     if any(p.frames for p in ordered):
         # the volumes of an Enhanced 4D file: the file is decoded once for all of them
         options["decoded_files"] = {}
-    if resample is None and all(_plain_stack(p) for p in ordered):
+    if resample is None and all(_stacks_in_place(p) for p in ordered):
         return _load_in_place(ordered, options)
     first = ordered[0].load(**options)
     array = np.empty((len(ordered), *first.spatial_shape), dtype=first.array.dtype)
@@ -92,13 +92,15 @@ def load_4d(
     return _finish(ordered, first, array, warnings)
 
 
-def _plain_stack(part: DicomSeries) -> bool:
-    """A part of single-frame files, each placed (the series loader's build_volume path)."""
-    return all(not h.is_multiframe and not h.is_mosaic and h.position is not None for h in part.headers)
+def _stacks_in_place(part: DicomSeries) -> bool:
+    """A part that build_volume stacks: placed single-frame files, or frames of multi-frame files."""
+    return all(
+        h.is_multiframe or (not h.is_mosaic and h.position is not None) for h in part.headers
+    )
 
 
 def _load_in_place(ordered: Sequence[DicomSeries], options: dict[str, Any]) -> Volume:
-    """Single-frame parts decoded straight into one slice-major ``(C, slices, rows, cols)`` buffer.
+    """Parts decoded straight into one slice-major ``(C, slices, rows, cols)`` buffer.
 
     Each part is still planned and checked as a 3D series, but its slices land in their channel of
     the 4D buffer (through ``allocate``) and the result is a transposed view: no per-volume copy,

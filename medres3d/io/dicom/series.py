@@ -153,8 +153,8 @@ def load_series(
         resample: None (default: slices at their true positions, a possibly sheared grid) or
             "even": a tilted or unevenly spaced series resampled onto an even orthogonal grid
             (:mod:`medres3d.io.dicom.evengrid`), with a ``resampled-even`` warning.
-        allocate: a single-frame series' slice buffer (see :func:`~medres3d.io.dicom.stack.build_volume`);
-            ignored by mosaics and multi-frame files.
+        allocate: the slice buffer to decode into (see :func:`~medres3d.io.dicom.stack.build_volume`);
+            ignored by mosaics.
         decoded_files: multi-frame files decoded once and shared between the loads of the volumes
             of one 4D file (see :func:`~medres3d.io.dicom.multiframe.load_multiframe_files`).
 
@@ -183,7 +183,7 @@ def load_series(
         return load_multiframe_files(
             headers, dtype=dtype, max_voxels=max_voxels, strict=strict, notes=series.notes, workers=workers,
             philips_scaling=philips_scaling, resample=resample, frames=series.frames or None,
-            decoded_files=decoded_files,
+            decoded_files=decoded_files, allocate=allocate,
         )  # fmt: skip
     where = series.folder
     first = headers[0]

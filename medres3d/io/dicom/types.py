@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -82,6 +82,27 @@ class FileHeader:
     mosaic_images: int | None = None  # Siemens NumberOfImagesInMosaic (0019,100A)
     philips_scale_slope: float | None = None  # Philips MR Scale Slope (2005,100E), for precise values
 
+    def with_values(self, **changes: object) -> FileHeader:
+        """A copy with ``changes``: ``dataclasses.replace`` without its ``__init__`` call.
+
+        The scan makes one header per frame of an Enhanced 4D file (thousands); ``replace`` costs
+        about 16 µs a call, this about 3. The class is frozen and has no ``__post_init__``, so a
+        copy of its fields is a valid instance.
+
+        Example:
+            >>> from pydicom.data import get_testdata_file
+            >>> from medres3d.io.dicom.header import read_header
+            >>> read_header(get_testdata_file("CT_small.dcm")).with_values(b_value=1000.0).b_value
+            1000.0
+        """
+        unknown = set(changes) - _FIELD_NAMES
+        if unknown:
+            raise TypeError(f"FileHeader has no field(s) {sorted(unknown)}")
+        copy = object.__new__(FileHeader)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__.update(changes)
+        return copy
+
     @property
     def is_multiframe(self) -> bool:
         """True for a file whose frames are the slices (Enhanced CT/MR, RT Dose...)."""
@@ -114,3 +135,6 @@ class FileHeader:
     def is_native(self) -> bool:
         """True when the pixel data is an uncompressed array readable at ``pixel_offset``."""
         return self.transfer_syntax in NATIVE_SYNTAXES and self.pixel_offset is not None
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(FileHeader))

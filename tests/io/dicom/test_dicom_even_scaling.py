@@ -317,8 +317,10 @@ def test_resample_even_spacing_equals_dcm2niix_on_the_shared_slices(tmp_path):
     for n, k in enumerate(depths):  # random values: the interpolation weights must agree, not just a line
         shifted = affine.copy()
         shifted[:3, 3] = (affine @ [0, 0, k, 1])[:3]
+        # numbered as a scanner numbers them: with all InstanceNumbers 1, dcm2niix's slice order (and
+        # so its even grid: 11 or 17 slices) depended on the random UIDs
         write_dicom_series(rng.integers(200, 1000, (*SHAPE, 1)).astype(float), shifted, tmp_path / "in",
-                           file_prefix=f"s{n:03d}_", **uids)  # fmt: skip
+                           file_prefix=f"s{n:03d}_", first_instance_number=n + 1, **uids)  # fmt: skip
     vol = load_dicom_series(tmp_path / "in", resample="even")
     converted = _corrected(tmp_path / "in", tmp_path / "out", "_Eq_1")
     # deliberate difference: dcm2niix's even grid has the smallest slice distance (17 slices 1 mm
