@@ -16,7 +16,12 @@ import nibabel
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian, RLELossless
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 
 from medres3d.errors import MedRes3DError
 from medres3d.io.dicom import load_dicom_series
@@ -57,8 +62,11 @@ def _by_bytes(path: Path):
 def _enhanced_4d(path: Path, shuffle: bool = False) -> Path:
     rng = np.random.default_rng(3)
     volumes = [rng.integers(0, 1000, (12, 10, 5)).astype(float) for _ in range(3)]
-    return write_enhanced_4d(volumes, make_affine((2.0, 2.0, 3.0), "oblique"), path, b_values=[0, 1000, 1000],
-                             gradients=[(0, 0, 0), (1, 0, 0), (0, 0.6, 0.8)], shuffle_frames=shuffle)  # fmt: skip
+    gradients = [(0, 0, 0), (1, 0, 0), (0, 0.6, 0.8)]
+    affine = make_affine((2.0, 2.0, 3.0), "oblique")
+    return write_enhanced_4d(
+        volumes, affine, path, b_values=[0, 1000, 1000], gradients=gradients, shuffle_frames=shuffle
+    )
 
 
 def test_real_philips_file_reads_as_pydicom_reads_it(tmp_path):
@@ -68,18 +76,21 @@ def test_real_philips_file_reads_as_pydicom_reads_it(tmp_path):
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     assert len(groups.per_frame) == int(ds.NumberOfFrames) == 176
     for f in (0, 87, 175):  # straight from pydicom's attribute access
-        expected = [float(v) for v in ds.PerFrameFunctionalGroupsSequence[f].PlanePositionSequence[0].ImagePositionPatient]
+        plane = ds.PerFrameFunctionalGroupsSequence[f].PlanePositionSequence[0]
+        expected = [float(v) for v in plane.ImagePositionPatient]
         assert groups.macro(f, PLANE_POSITION)[IMAGE_POSITION] == expected
+
+
+def _enhanced_3d(path: Path, **options) -> Path:
+    return write_enhanced_dicom(np.arange(240.0).reshape(6, 8, 5), make_affine(), path, **options)
 
 
 @pytest.mark.parametrize(
     "make",
     [
-        lambda p: write_enhanced_dicom(np.arange(240.0).reshape(6, 8, 5), make_affine(), p, modality="MR",
-                                       per_frame_rescale=True, shuffle_frames=True),  # fmt: skip
-        lambda p: write_enhanced_dicom(np.arange(240.0).reshape(6, 8, 5), make_affine(), p,
-                                       transfer_syntax=ImplicitVRLittleEndian),  # fmt: skip
-        lambda p: write_enhanced_dicom(np.arange(240.0).reshape(6, 8, 5), make_affine(), p, transfer_syntax=RLELossless),
+        lambda p: _enhanced_3d(p, modality="MR", per_frame_rescale=True, shuffle_frames=True),
+        lambda p: _enhanced_3d(p, transfer_syntax=ImplicitVRLittleEndian),
+        lambda p: _enhanced_3d(p, transfer_syntax=RLELossless),
         lambda p: _enhanced_4d(p, shuffle=True),
     ],
     ids=["explicit-rescale-shuffled", "implicit", "rle", "diffusion-4d"],
