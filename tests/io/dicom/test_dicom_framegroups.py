@@ -105,6 +105,16 @@ def test_synthetic_files_read_as_pydicom_reads_them(tmp_path, make):
 def test_undefined_length_sequences_and_items(tmp_path):
     path = _enhanced_4d(tmp_path / "defined.dcm")
     ds = pydicom.dcmread(path)
+    for n, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        # a private sequence in every frame, nested two deep, as Philips writes (2005,140F): skipped
+        inner = pydicom.Dataset()
+        inner.add_new(0x20051001, "FD", [float(n), 2.5])
+        inner.add_new(0x20051002, "SQ", pydicom.Sequence([pydicom.Dataset(), pydicom.Dataset()]))
+        outer = pydicom.Dataset()
+        outer.add_new(0x20050010, "LO", "PHILIPS MR IMAGING DD 005")
+        outer.add_new(0x20051003, "SQ", pydicom.Sequence([inner]))
+        item.add_new(0x20050010, "LO", "PHILIPS MR IMAGING DD 005")
+        item.add_new(0x2005140F, "SQ", pydicom.Sequence([outer]))
     for element in ds.iterall():
         if element.VR == "SQ":
             element.is_undefined_length = True
