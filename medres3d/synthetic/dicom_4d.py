@@ -295,6 +295,9 @@ def write_enhanced_4d(
     shuffle_frames: bool = False,
     seed: int = 0,
     series_uid: str | None = None,
+    study_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
+    instance_number: int = 1,
 ) -> Path:
     """Write several volumes as one Enhanced MR Image Storage file (frames volume by volume).
 
@@ -316,7 +319,9 @@ def write_enhanced_4d(
         image_kinds: "M", "P", "R" or "I" per volume.
         repetition_time: RepetitionTime (ms), shared.
         shuffle_frames: store the frames in a random order (seeded by ``seed``): readers must sort them.
-        series_uid: a fresh one when None.
+        series_uid, study_uid, frame_of_reference_uid: fresh ones when None (pass the same ones
+            to write one series as several files, one volume per file as Siemens XA does).
+        instance_number: the file's InstanceNumber.
 
     Example:
         >>> import tempfile, os, pydicom
@@ -350,12 +355,12 @@ def write_enhanced_4d(
     ds.SOPClassUID = EnhancedMRImageStorage
     ds.SOPInstanceUID = new_uid()
     patient_study_series(
-        ds, modality="MR", patient_id="PHANTOM", study_uid=new_uid(), series_uid=series_uid or new_uid(),
-        series_number=7, description="synthetic enhanced 4D",
+        ds, modality="MR", patient_id="PHANTOM", study_uid=study_uid or new_uid(),
+        series_uid=series_uid or new_uid(), series_number=7, description="synthetic enhanced 4D",
     )  # fmt: skip
-    ds.FrameOfReferenceUID = new_uid()
+    ds.FrameOfReferenceUID = frame_of_reference_uid or new_uid()
     ds.PositionReferenceIndicator = ""
-    ds.InstanceNumber = 1
+    ds.InstanceNumber = instance_number
     ds.ImageType = ["ORIGINAL", "PRIMARY", "DIFFUSION" if b_values is not None else "MIXED", "NONE"]
     ds.AcquisitionDateTime = ds.ContentDate + ds.ContentTime
     ds.PatientPosition = "HFS"

@@ -44,7 +44,7 @@ import stat
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -360,23 +360,74 @@ def _not_an_unplaced_stack(headers: list[FileHeader]) -> str | None:
 
 
 def _group_enhanced(headers: list[FileHeader]) -> list[_Group]:
-    """Enhanced files of one series (slabs, or one frame per file) grouped by grid, like single frames.
+    """Several Enhanced files of one series, grouped by what their frames say.
 
-    Their orientation and pixel spacing live in the functional groups, which the header scan does
-    not read: they are read here (the first frame's), only for series of several Enhanced files. A
-    file whose geometry cannot be read stays a series of its own, for its load to name the problem.
+    A file whose own frames repeat positions is a 4D file: it is split into its volumes as a lone
+    file is (:func:`_frame_volumes`). Every other file is placed by its first frame in slice order
+    and carries its frames' volume values (b-value and direction, echo time, image kind, temporal
+    position): the files are grouped by grid like single-frame files, and files that repeat each
+    other's positions (one volume per file, as Siemens XA writes diffusion and fMRI) are split
+    into volumes by the same rules (:func:`_split_repeats`), while slabs of one volume, or one
+    frame per file, stay one volume. The functional groups are read here, only for series of
+    several Enhanced files; a file whose frames cannot be placed stays a series of its own, for
+    its load to name the problem.
     """
-    from medres3d.io.dicom.multiframe import frame_geometry
+    from medres3d.io.dicom.framesplit import frame_headers
 
-    placed, alone = [], []
-    for h in headers:
+    placed, unplaced, four_d = [], [], []
+    covers: dict[Path, frozenset[float]] = {}  # the slice depths of each file's frames
+    for h in sorted(headers, key=_acquisition_order):
         try:
-            _, orientation, spacing, _, _ = frame_geometry(h)
+            found = frame_headers(h)
         except MedRes3DError:
-            alone.append(_Group([h], labels={"file": h.path.name}))
-            continue
-        placed.append(replace(h, orientation=tuple(orientation), pixel_spacing=tuple(spacing)))
-    return _split_by_grid(placed) + alone
+            found = None
+        if found is None:
+            unplaced.append(_Group([h], labels={"file": h.path.name}))
+        elif _has_repeats(found[0]):
+            four_d.append(_frame_volumes(h, found))
+        else:
+            placed.append(_file_volume(h, found[0]))
+            covers[h.path] = _depths(found[0])
+    volumes = [g for parts in four_d for g in parts]
+    if len(four_d) > 1:  # one 4D acquisition in several files: its volumes are named together
+        for g in volumes:
+            for attr in ("diffusion", "kind", "echo_time", "volume"):
+                g.labels.pop(attr, None)
+        _label_volumes(volumes)
+        names = [tuple(v for k, v in g.labels.items() if k != "file") for g in volumes]
+        if len(set(names)) == len(names):
+            for g in volumes:
+                g.labels.pop("file")
+    by_file, grouped = (lambda h: (str(h.path),),), []
+    for part in _split_by_grid(placed):
+        # files that each hold all the slices and that nothing else tells apart (fMRI, one volume per
+        # file) are volumes by file; repeated slabs of one volume are duplicates for the loader
+        whole_volumes = len({covers[h.path] for h in part.headers}) == 1
+        grouped += _split_repeats(part, by_file if whole_volumes else ())
+    return grouped + volumes + unplaced
+
+
+# What one volume's frames tell about it (carried by the header of its file or part).
+_VOLUME_FIELDS = ("b_value", "gradient", "echo_time", "repetition_time", "temporal_position", "image_type")
+
+
+def _depths(frames: list[FileHeader]) -> frozenset[float]:
+    iop = np.asarray(frames[0].orientation, dtype=np.float64)
+    normal = np.cross(iop[:3], iop[3:])
+    return frozenset(round(float(np.dot(f.position, normal)), 2) for f in frames)
+
+
+def _file_volume(header: FileHeader, frames: list[FileHeader]) -> FileHeader:
+    """An Enhanced file of one volume (or slab) as a header: its lowest frame's place and values."""
+    iop = np.asarray(frames[0].orientation, dtype=np.float64)
+    normal = np.cross(iop[:3], iop[3:])
+    lowest = min(frames, key=lambda f: float(np.dot(f.position, normal)))
+    return header.with_values(
+        position=lowest.position,
+        orientation=lowest.orientation,
+        pixel_spacing=lowest.pixel_spacing,
+        **{name: getattr(lowest, name) for name in _VOLUME_FIELDS},
+    )
 
 
 def _split_by_grid(headers: list[FileHeader]) -> list[_Group]:
@@ -408,13 +459,13 @@ def _orientation_cluster(iop: np.ndarray, centres: list[np.ndarray]) -> int:
     return len(centres) - 1
 
 
-def _split_repeats(group: _Group) -> list[_Group]:
+def _split_repeats(group: _Group, last_keys: Sequence[Any] = ()) -> list[_Group]:
     """Split a group whose positions repeat into volumes, by the first key that removes the repeats.
 
     AcquisitionNumber, then TemporalPositionIdentifier (parts named "acquisition 2", "time 3"), then
     what tells the volumes of a 4D series apart: diffusion b-value and direction, image kind
     (magnitude/phase/real/imaginary), echo time, acquisition time, then all of these together
-    (parts named by :func:`_label_volumes`).
+    (parts named by :func:`_label_volumes`), then ``last_keys``.
     """
     if not _has_repeats(group.headers):
         return [group]
@@ -431,7 +482,8 @@ def _split_repeats(group: _Group) -> list[_Group]:
             for g in split:
                 g.labels.pop("volume", None)  # the acquisition or time already names each part
             return split
-    return _split_by_keys(group, _VOLUME_KEYS) or [group]  # else the loader reports the duplicates
+    # else the loader reports the duplicates
+    return _split_by_keys(group, (*_VOLUME_KEYS, *last_keys)) or [group]
 
 
 def _split_by_keys(group: _Group, keys: Sequence[Any]) -> list[_Group] | None:
@@ -450,7 +502,9 @@ def _split_by_keys(group: _Group, keys: Sequence[Any]) -> list[_Group] | None:
     return None
 
 
-def _frame_volumes(header: FileHeader) -> list[_Group]:
+def _frame_volumes(
+    header: FileHeader, found: tuple[list[FileHeader], list[tuple[Any, ...]]] | None = None
+) -> list[_Group]:
     """The volumes of a multi-frame file: one, unless an Enhanced MR file's frames repeat positions.
 
     Then its frames are split like the files of a single-frame 4D series (see
@@ -458,17 +512,19 @@ def _frame_volumes(header: FileHeader) -> list[_Group]:
     the DimensionIndexValues that are not a position in the stack, then all together. Each volume
     is a part whose header carries that volume's values and whose ``frames`` select its frames.
     Only Enhanced MR is read here (its functional groups, once: the load reuses them): the 4D
-    kinds are MR ones, and a large Enhanced CT keeps its scan cost.
+    kinds are MR ones, and a large Enhanced CT keeps its scan cost. ``found``: the file's
+    :func:`~medres3d.io.dicom.framesplit.frame_headers`, when the caller has read them.
     """
     whole = [_Group([header], labels={"file": header.path.name})]
     if not header.is_enhanced or header.modality != "MR" or header.frames < 2:
         return whole
     from medres3d.io.dicom.framesplit import frame_headers
 
-    try:
-        found = frame_headers(header)
-    except MedRes3DError:
-        return whole  # the load names what is wrong with its geometry
+    if found is None:
+        try:
+            found = frame_headers(header)
+        except MedRes3DError:
+            return whole  # the load names what is wrong with its geometry
     if found is None or not _has_repeats(found[0]):
         return whole
     frames, dims = found
@@ -484,10 +540,9 @@ def _frame_volumes(header: FileHeader) -> list[_Group]:
     split = _split_by_keys(_Group(frames, labels=dict(whole[0].labels)), keys)
     if split is None:
         return whole  # nothing tells the repeats apart: the loader reports them (conflicting-duplicate)
-    volume_fields = ("b_value", "gradient", "echo_time", "repetition_time", "temporal_position", "image_type")
     return [
         _Group(
-            [replace(header, **{name: getattr(g.headers[0], name) for name in volume_fields})],
+            [header.with_values(**{name: getattr(g.headers[0], name) for name in _VOLUME_FIELDS})],
             labels=g.labels,
             frames=tuple(sorted(h.instance_number for h in g.headers)),  # type: ignore[misc]
         )

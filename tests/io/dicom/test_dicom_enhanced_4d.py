@@ -131,3 +131,56 @@ def test_enhanced_4d_file_is_decoded_once(tmp_path, monkeypatch):
     monkeypatch.setattr(multiframe, "read_frames", lambda h: calls.append(h.path) or real(h))
     load_dicom_series(tmp_path, as_4d=True)
     assert len(calls) == 1
+
+
+def _series_uids() -> dict[str, str]:
+    uid = pydicom.uid.generate_uid
+    return {"series_uid": uid(), "study_uid": uid(), "frame_of_reference_uid": uid()}
+
+
+def test_one_volume_per_enhanced_file_is_a_4d_series_like_dcm2niix(tmp_path):
+    # Siemens XA writes diffusion and fMRI as one Enhanced file per volume: the files repeat each
+    # other's positions and were stacked into one volume with a conflicting-duplicate warning
+    volumes = _phantom(n=4)
+    affine = make_affine((2.0, 2.5, 3.0), "oblique")
+    dwi, bold = _series_uids(), _series_uids()
+    for n, (b, gradient) in enumerate(zip([0, 1000, 1000, 1000], DIRECTIONS, strict=True)):
+        write_enhanced_4d([volumes[n]], affine, tmp_path / "dwi" / f"v{n}.dcm", b_values=[b],
+                          gradients=[gradient], instance_number=n + 1, shuffle_frames=n == 2, seed=n,
+                          **dwi)  # fmt: skip
+        write_enhanced_4d([volumes[n]], affine, tmp_path / "bold" / f"v{n}.dcm", instance_number=n + 1,
+                          **bold)  # fmt: skip
+    series = find_dicom_series(tmp_path / "dwi")
+    assert [s.part for s in series] == ["b0", "b1000 dir1", "b1000 dir2", "b1000 dir3"]
+    volume = load_dicom_series(tmp_path / "dwi", as_4d=True)
+    assert volume.warnings == []
+    np.testing.assert_array_equal(volume.array, np.stack(volumes))
+    np.testing.assert_allclose(volume.affine, affine, atol=1e-5)
+    assert volume.meta["b_values"] == [0.0, 1000.0, 1000.0, 1000.0]
+    np.testing.assert_allclose(volume.meta["b_vectors_lps"], DIRECTIONS, atol=1e-6)
+    # fMRI: nothing but the file (its InstanceNumber) tells the volumes apart
+    assert [s.part for s in find_dicom_series(tmp_path / "bold")] == ["t1", "t2", "t3", "t4"]
+    fmri = load_dicom_series(tmp_path / "bold", as_4d=True)
+    np.testing.assert_array_equal(fmri.array, np.stack(volumes))
+    # dcm2niix writes each file as its own 3D NIfTI: the same voxels on the same grid (affines
+    # checked within 1e-3 mm by matched_voxels), every one of the four volumes once
+    converted = run_dcm2niix(tmp_path / "bold", tmp_path / "out")
+    matched = [
+        [n for n, v in enumerate(volumes) if np.array_equal(matched_voxels(fmri, c)[0], v)] for c in converted
+    ]
+    assert sorted(m for ms in matched for m in ms) == [0, 1, 2, 3]
+
+
+def test_a_4d_acquisition_split_over_enhanced_files_is_named_as_one(tmp_path):
+    volumes = _phantom(n=4)
+    uids = _series_uids()
+    b_values = [0, 1000, 1000, 1000]
+    write_enhanced_4d(volumes[:2], make_affine(), tmp_path / "f1.dcm", b_values=b_values[:2],
+                      gradients=DIRECTIONS[:2], instance_number=1, **uids)  # fmt: skip
+    write_enhanced_4d(volumes[2:], make_affine(), tmp_path / "f2.dcm", b_values=b_values[2:],
+                      gradients=DIRECTIONS[2:], instance_number=2, **uids)  # fmt: skip
+    # directions numbered over the series, not per file; no file name needed to tell them apart
+    assert [s.part for s in find_dicom_series(tmp_path)] == ["b0", "b1000 dir1", "b1000 dir2", "b1000 dir3"]
+    volume = load_dicom_series(tmp_path, as_4d=True)
+    np.testing.assert_array_equal(volume.array, np.stack(volumes))
+    np.testing.assert_allclose(volume.meta["b_vectors_lps"], DIRECTIONS, atol=1e-6)
