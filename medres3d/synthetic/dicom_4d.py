@@ -419,7 +419,10 @@ def write_enhanced_4d(
             diffusion.DiffusionBValue = float(b_values[v])
             gradient = [float(x) for x in (gradients[v] if gradients is not None else (0, 0, 0))]
             directional = b_values[v] > 0 and any(gradient)
-            diffusion.DiffusionDirectionality = "DIRECTIONAL" if directional else "NONE"
+            # b > 0 without a direction: a derived isotropic (trace) image, as Philips writes one
+            diffusion.DiffusionDirectionality = (
+                "DIRECTIONAL" if directional else "ISOTROPIC" if b_values[v] > 0 else "NONE"
+            )
             if directional:
                 direction = Dataset()
                 direction.DiffusionGradientOrientation = gradient

@@ -23,6 +23,7 @@ from typing import Any
 from medres3d.io.dicom.framegroups import (
     B_VALUE,
     COMPLEX_COMPONENT,
+    DIFFUSION_DIRECTIONALITY,
     DIMENSION_INDEX_VALUES,
     EFFECTIVE_ECHO_TIME,
     FRAME_CONTENT,
@@ -127,10 +128,15 @@ def _float(item: dict[int, Any] | None, tag: int) -> float | None:
 
 
 def _gradient(diffusion: dict[int, Any] | None) -> tuple[float, float, float] | None:
-    """DiffusionGradientOrientation of a directional frame (its DiffusionGradientDirectionSequence)."""
+    """DiffusionGradientOrientation of a directional frame (its DiffusionGradientDirectionSequence).
+
+    An ISOTROPIC frame (a derived trace image) has none: it gets the zero vector, as Philips'
+    single-frame trace images carry, so that both are one kind of volume.
+    """
     direction = _first(diffusion, GRADIENT_SEQUENCE)
     if direction is None:
-        return None
+        isotropic = str(_first(diffusion, DIFFUSION_DIRECTIONALITY) or "").strip().upper() == "ISOTROPIC"
+        return (0.0, 0.0, 0.0) if isotropic else None
     try:
         vector = tuple(float(v) for v in direction.get(GRADIENT_ORIENTATION) or [])
     except (TypeError, ValueError):

@@ -69,6 +69,7 @@ def load_4d(
         >>> vol = load_4d([s for s in find_dicom_series("dwi/") if not s.is_localizer])  # doctest: +SKIP
     """
     ordered = sorted(parts, key=lambda s: (min(_order(h) for h in s.headers), _frame_order(s)))
+    ordered, excluded = _without_isotropic(ordered)
     claimed = sum(s.rows * s.columns * max(1, s.num_frames) for s in ordered)
     check_voxel_count((1, claimed, 1, 1), ordered[0].folder, max_voxels)
     options: dict[str, Any] = {"dtype": dtype, "max_voxels": max_voxels, "strict": strict,
@@ -77,7 +78,7 @@ def load_4d(
         # the volumes of an Enhanced 4D file: the file is decoded once for all of them
         options["decoded_files"] = {}
     if resample is None and all(_stacks_in_place(p) for p in ordered):
-        return _load_in_place(ordered, options)
+        return _load_in_place(ordered, options, excluded)
     first = ordered[0].load(**options)
     array = np.empty((len(ordered), *first.spatial_shape), dtype=first.array.dtype)
     array[0] = first.array[0]
@@ -89,7 +90,26 @@ def load_4d(
             array = array.astype(np.result_type(array.dtype, volume.array.dtype))
         array[n] = volume.array[0]
         warnings += [f"[{part.part or part.key}] {w}" for w in volume.warnings]
-    return _finish(ordered, first, array, warnings)
+    return _finish(ordered, first, array, warnings + excluded)
+
+
+def _without_isotropic(parts: list[DicomSeries]) -> tuple[list[DicomSeries], list[str]]:
+    """The parts without derived isotropic diffusion images, and the warning that names those left out.
+
+    A b > 0 image with a zero gradient (Philips' trace image, stored in its DWI series) is not an
+    acquired direction: in the 4D stack its zero b-vector would break a tensor or model fit, so it
+    is left out, as dcm2niix leaves it out of its DWI file, and named (it loads on its own by key).
+    """
+    isotropic = [p for p in parts if p.headers[0].is_isotropic_diffusion]
+    if not isotropic or len(isotropic) == len(parts):
+        return parts, []
+    keys = ", ".join(p.part or p.key for p in isotropic)
+    return [p for p in parts if p not in isotropic], [
+        f"isotropic-excluded: {len(isotropic)} volume(s) ({keys}) are b > 0 images without a gradient "
+        "direction (a derived isotropic/trace image, as Philips stores it): left out of the 4D stack, "
+        "as dcm2niix leaves them out, since a zero b-vector at b > 0 breaks a tensor fit; load one "
+        "with series_uid=<key>"
+    ]
 
 
 def _stacks_in_place(part: DicomSeries) -> bool:
@@ -99,7 +119,7 @@ def _stacks_in_place(part: DicomSeries) -> bool:
     )
 
 
-def _load_in_place(ordered: Sequence[DicomSeries], options: dict[str, Any]) -> Volume:
+def _load_in_place(ordered: Sequence[DicomSeries], options: dict[str, Any], excluded: list[str]) -> Volume:
     """Parts decoded straight into one slice-major ``(C, slices, rows, cols)`` buffer.
 
     Each part is still planned and checked as a 3D series, but its slices land in their channel of
@@ -129,7 +149,7 @@ def _load_in_place(ordered: Sequence[DicomSeries], options: dict[str, Any]) -> V
             buffer[n] = volume.array[0].transpose(2, 1, 0)
         warnings += [f"[{part.part or part.key}] {w}" for w in volume.warnings]
     # (C, k, rows, cols) -> (C, i=cols, j=rows, k): a view, as a 3D volume's array is
-    return _finish(ordered, first, buffer.transpose(0, 3, 2, 1), warnings)
+    return _finish(ordered, first, buffer.transpose(0, 3, 2, 1), warnings + excluded)
 
 
 def _check_grid(part: DicomSeries, volume: Volume, first_part: DicomSeries, first: Volume) -> None:

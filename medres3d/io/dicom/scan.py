@@ -263,7 +263,7 @@ def _label_volumes(groups: list[_Group]) -> None:
     firsts = [g.headers[0] for g in groups]
     directions: list[tuple[float, ...]] = []
     for h in firsts:
-        if h.gradient is not None and (h.b_value or 0) > 0:
+        if h.gradient is not None and (h.b_value or 0) > 0 and not h.is_isotropic_diffusion:
             rounded = tuple(round(v, 3) for v in h.gradient)
             if rounded not in directions:
                 directions.append(rounded)
@@ -272,7 +272,9 @@ def _label_volumes(groups: list[_Group]) -> None:
         label: dict[str, str] = {}
         if h.b_value is not None:
             direction = ""
-            if h.gradient is not None and h.b_value > 0:
+            if h.is_isotropic_diffusion:
+                direction = " isotropic"
+            elif h.gradient is not None and h.b_value > 0:
                 direction = f" dir{directions.index(tuple(round(v, 3) for v in h.gradient)) + 1}"
             label["diffusion"] = f"b{h.b_value:g}{direction}"
         if h.image_kind:

@@ -109,6 +109,14 @@ class FileHeader:
         return self.frames > 1 or self.is_enhanced
 
     @property
+    def is_isotropic_diffusion(self) -> bool:
+        """True for a diffusion image with b > 0 and a zero gradient: a derived isotropic (trace) image.
+
+        Philips stores its trace image this way in the DWI series; dcm2niix leaves it out of the DWI file.
+        """
+        return bool(self.b_value) and self.gradient is not None and not any(self.gradient)
+
+    @property
     def is_localizer(self) -> bool:
         """True when ImageType says LOCALIZER (scout / topogram / survey)."""
         return "LOCALIZER" in self.image_type

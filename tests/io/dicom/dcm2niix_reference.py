@@ -105,12 +105,16 @@ def bvecs_lps(converted: Converted) -> np.ndarray:
 
 def assert_diffusion_matches(volume: Volume, folder: Path, out: Path, *, atol: float = 0.0,
                              voxels: bool = True) -> Converted:
-    """dcm2niix's one conversion of ``folder`` against a 4D diffusion ``volume``.
+    """dcm2niix's diffusion file of ``folder`` (the one with b-values) against a 4D diffusion ``volume``.
 
     The affines (within 1e-3 mm, through :func:`matched_voxels`), the voxels (within ``atol``;
     skipped with ``voxels=False``), the b-values and the b-vectors in the scanner frame (1e-4).
+    dcm2niix writes one file, and a trace image it removes from the DWI as a second (``_ADC``).
     """
-    [converted] = run_dcm2niix(folder, out)
+    written = run_dcm2niix(folder, out)
+    [converted] = [c for c in written if c.bvals is not None]
+    others = [c.path.stem for c in written if c is not converted]
+    assert others == [] or (len(others) == 1 and others[0].endswith("_ADC")), others
     if voxels:
         np.testing.assert_allclose(matched_voxels(volume, converted), volume.array, rtol=0, atol=atol)
     np.testing.assert_array_equal(converted.bvals, volume.meta["b_values"])

@@ -184,3 +184,25 @@ def test_a_4d_acquisition_split_over_enhanced_files_is_named_as_one(tmp_path):
     volume = load_dicom_series(tmp_path, as_4d=True)
     np.testing.assert_array_equal(volume.array, np.stack(volumes))
     np.testing.assert_allclose(volume.meta["b_vectors_lps"], DIRECTIONS, atol=1e-6)
+
+
+def test_enhanced_isotropic_frames_are_a_part_left_out_of_the_4d_stack_like_dcm2niix(tmp_path):
+    volumes = _phantom(n=5)
+    write_enhanced_4d(volumes, make_affine((2.0, 2.5, 3.0), "oblique"), tmp_path / "in" / "dwi.dcm",
+                      b_values=[0, 1000, 1000, 1000, 1000], gradients=[*DIRECTIONS, (0, 0, 0)])  # fmt: skip
+    series = find_dicom_series(tmp_path / "in")  # DiffusionDirectionality ISOTROPIC, no direction
+    assert [s.part for s in series] == ["b0", "b1000 dir1", "b1000 dir2", "b1000 dir3", "b1000 isotropic"]
+    volume = load_dicom_series(tmp_path / "in", as_4d=True)
+    assert [w.split(":")[0] for w in volume.warnings] == ["isotropic-excluded"]
+    np.testing.assert_array_equal(volume.array, np.stack(volumes[:4]))
+    trace = load_dicom_series(tmp_path / "in", series_uid=series[4].key)
+    np.testing.assert_array_equal(trace.array[0], volumes[4])
+    # Deliberate difference: from an Enhanced file dcm2niix keeps the isotropic frames in its DWI
+    # file, with a zero b-vector at b=1000 (from Philips single-frame files it removes them); the
+    # first four of its volumes are ours, the fifth our isotropic part
+    [converted] = run_dcm2niix(tmp_path / "in", tmp_path / "out")
+    np.testing.assert_array_equal(converted.bvals, [0, 1000, 1000, 1000, 1000])
+    np.testing.assert_array_equal(converted.bvecs[4], [0, 0, 0])
+    theirs = matched_voxels(volume, converted)
+    np.testing.assert_array_equal(theirs[:4], volume.array)
+    np.testing.assert_array_equal(theirs[4], trace.array[0])

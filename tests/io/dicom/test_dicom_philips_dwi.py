@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from dcm2niix_reference import assert_diffusion_matches
+from dcm2niix_reference import assert_diffusion_matches, matched_voxels, run_dcm2niix
 
 from medres3d.io.dicom import find_dicom_series, load_dicom_series
 from medres3d.io.dicom.header import read_header
@@ -53,3 +53,27 @@ def test_philips_tags_under_another_creator_are_not_read(tmp_path):
     for fast in (True, False):
         header = read_header(files[15], fast=fast)
         assert header.b_value is None and header.gradient is None
+
+
+def test_philips_isotropic_image_is_its_own_part_and_left_out_of_the_4d_stack_like_dcm2niix(tmp_path):
+    volumes = _volumes(n=5)
+    directions = [*DIRECTIONS, (0.0, 0.0, 0.0)]  # the last: Philips' derived isotropic (trace) image
+    write_multivolume_series(volumes, make_affine((2.0, 2.0, 3.0), "oblique"), tmp_path / "in",
+                             b_values=[0, 1000, 1000, 1000, 1000], gradients=directions,
+                             diffusion_tags="philips")  # fmt: skip
+    series = find_dicom_series(tmp_path / "in")
+    assert [s.part for s in series] == ["b0", "b1000 dir1", "b1000 dir2", "b1000 dir3", "b1000 isotropic"]
+    volume = load_dicom_series(tmp_path / "in", as_4d=True)
+    [warning] = volume.warnings
+    assert warning.startswith("isotropic-excluded: 1 volume(s) (b1000 isotropic)")
+    assert volume.meta["b_values"] == [0.0, 1000.0, 1000.0, 1000.0]
+    np.testing.assert_allclose(volume.array, np.stack(volumes[:4]), atol=0.5)
+    # dcm2niix leaves the isotropic image out of its DWI file too: the same 4 volumes, b-values,
+    # b-vectors; it keeps it only in a second file (_ADC: all 5 volumes, the isotropic one last),
+    # which is our part of its own
+    assert_diffusion_matches(volume, tmp_path / "in", tmp_path / "out", atol=0.5)
+    [theirs] = [c for c in run_dcm2niix(tmp_path / "in", tmp_path / "out2") if c.path.stem.endswith("_ADC")]
+    trace = load_dicom_series(tmp_path / "in", series_uid=series[-1].key)
+    np.testing.assert_allclose(trace.array[0], volumes[4], atol=0.5)
+    assert theirs.data.shape[3] == 5
+    np.testing.assert_allclose(matched_voxels(trace, theirs)[4], trace.array[0], atol=0.5)
