@@ -35,6 +35,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medres3d.io.dicom.header import read_dataset_header
+from medres3d.io.dicom.rawheader import UnsupportedBytes, skip_undefined_sequence
 from medres3d.io.dicom.types import FileHeader
 
 # Functional group macros (sequences in a per-frame or the shared item) and the values they hold.
@@ -168,7 +169,7 @@ def parse_frame_groups(data: bytes, *, implicit: bool) -> FrameGroups | None:
         while pos + 8 <= len(data) and _TAG.unpack_from(data, pos)[0] == 0x0002:
             pos = _skip_explicit(data, pos)  # the file meta is always explicit VR little endian
         top, _ = _elements(data, pos, len(data), implicit, _TOP_SPEC, 0)
-    except (_Unsupported, struct.error, UnicodeDecodeError, IndexError):
+    except (UnsupportedBytes, struct.error, UnicodeDecodeError, IndexError):
         return None
     return _assemble(top)
 
@@ -180,10 +181,6 @@ def _assemble(top: dict[int, Any]) -> FrameGroups:
     )
     per_frame = list(top.get(_PER_FRAME) or [])
     return FrameGroups(per_frame=per_frame, shared=shared[0], dimension_pointers=pointers)
-
-
-class _Unsupported(Exception):
-    """Bytes this reader does not handle: pydicom reads the file."""
 
 
 _TAG = struct.Struct("<HH")
@@ -222,18 +219,18 @@ def _elements(
     pixel data, which is where ``data`` ends).
     """
     if depth > _MAX_DEPTH:
-        raise _Unsupported("sequences nested too deep")
+        raise UnsupportedBytes("sequences nested too deep")
     out: dict[int, Any] = {}
     unpack_tag, unpack_u32, unpack_u16 = _TAG.unpack_from, _U32.unpack_from, _U16.unpack_from
     limit = len(data) if end is None else end
     while pos < limit:
         if pos + 8 > limit:
-            raise _Unsupported("truncated element")
+            raise UnsupportedBytes("truncated element")
         group, elem = unpack_tag(data, pos)
         tag = group << 16 | elem
         if tag == _ITEM_END:
             if end is not None:
-                raise _Unsupported("item delimiter in an item of defined length")
+                raise UnsupportedBytes("item delimiter in an item of defined length")
             return out, pos + 8
         vr = b""
         if implicit or group == 0xFFFE:
@@ -247,67 +244,25 @@ def _elements(
         wanted = spec.get(tag, False)
         if length == _UNDEFINED:
             if vr == b"UN":
-                raise _Unsupported("a UN element of undefined length (implicit VR inside)")
+                raise UnsupportedBytes("a UN element of undefined length (implicit VR inside)")
             if wanted:
                 out[tag], pos = _sequence(data, start, None, implicit, wanted, depth + 1)
             else:
-                pos = _skip_undefined(data, start, implicit)
+                pos = skip_undefined_sequence(data, start, implicit)
             continue
         stop = start + length
         if stop > limit:
-            raise _Unsupported("a value beyond its item or the header")
+            raise UnsupportedBytes("a value beyond its item or the header")
         if wanted:  # a sequence of defined length
             if vr not in (b"", b"SQ"):
-                raise _Unsupported(f"sequence {tag:08X} stored as {vr!r}")
+                raise UnsupportedBytes(f"sequence {tag:08X} stored as {vr!r}")
             out[tag], _ = _sequence(data, start, stop, implicit, wanted, depth + 1)
         elif wanted is None:
             out[tag] = _decode(data[start:stop], vr.decode("ascii") if vr not in (b"", b"UN") else _vr(tag))
         pos = stop
     if end is None:
-        raise _Unsupported("an item of undefined length that does not end")
+        raise UnsupportedBytes("an item of undefined length that does not end")
     return out, pos
-
-
-def _skip_undefined(data: bytes, pos: int, implicit: bool) -> int:
-    """The end of the undefined-length sequence whose items start at ``pos``, nothing decoded.
-
-    Philips puts a private sequence of about a hundred elements, of undefined length, in every
-    frame's item: it has to be walked to find its end, and this flat loop (a depth count of the
-    nested undefined-length sequences; items of defined length jumped over whole) walks it at
-    about twice the speed of the general one.
-    """
-    unpack_tag, unpack_u32, unpack_u16 = _TAG.unpack_from, _U32.unpack_from, _U16.unpack_from
-    depth = 1
-    while True:
-        group, elem = unpack_tag(data, pos)
-        if group == 0xFFFE:
-            length = unpack_u32(data, pos + 4)[0]
-            pos += 8
-            if elem == 0xE0DD:  # a sequence delimiter
-                depth -= 1
-                if depth == 0:
-                    return pos
-            elif elem == 0xE000 and length != _UNDEFINED:
-                pos += length
-            elif elem not in (0xE000, 0xE00D):
-                raise _Unsupported(f"unexpected tag FFFE,{elem:04X} in a sequence")
-            continue
-        if implicit:
-            length, pos = unpack_u32(data, pos + 4)[0], pos + 8
-        elif data[pos + 4 : pos + 6] in _LONG_VRS:
-            if data[pos + 4 : pos + 6] == b"UN" and unpack_u32(data, pos + 8)[0] == _UNDEFINED:
-                raise _Unsupported("a UN element of undefined length (implicit VR inside)")
-            length, pos = unpack_u32(data, pos + 8)[0], pos + 12
-        else:
-            length, pos = unpack_u16(data, pos + 6)[0], pos + 8
-        if length == _UNDEFINED:
-            depth += 1  # a nested sequence: its items follow
-            if depth > _MAX_DEPTH:
-                raise _Unsupported("sequences nested too deep")
-        else:
-            pos += length
-        if pos > len(data):
-            raise _Unsupported("a value beyond the header")
 
 
 def _sequence(
@@ -317,19 +272,19 @@ def _sequence(
     items: list[dict[int, Any]] = []
     while end is None or pos < end:
         if pos + 8 > len(data):
-            raise _Unsupported("truncated sequence")
+            raise UnsupportedBytes("truncated sequence")
         group, elem = _TAG.unpack_from(data, pos)
         tag, length = group << 16 | elem, _U32.unpack_from(data, pos + 4)[0]
         pos += 8
         if tag == _SEQUENCE_END and end is None:
             return items, pos
         if tag != _ITEM:
-            raise _Unsupported(f"unexpected tag {tag:08X} in a sequence")
+            raise UnsupportedBytes(f"unexpected tag {tag:08X} in a sequence")
         if length == _UNDEFINED:
             item, pos = _elements(data, pos, None, implicit, spec, depth)
         else:
             if (end is not None and pos + length > end) or pos + length > len(data):
-                raise _Unsupported("an item beyond its sequence")
+                raise UnsupportedBytes("an item beyond its sequence")
             item, pos = _elements(data, pos, pos + length, implicit, spec, depth)
         if spec:
             items.append(item)

@@ -43,8 +43,12 @@ _TAG = struct.Struct("<HH")
 _BINARY_FLOATS = {"FD": ("d", 8), "FL": ("f", 4)}
 
 
-class _Unsupported(Exception):
-    """The file needs pydicom's general parser."""
+class UnsupportedBytes(Exception):
+    """Bytes these readers do not handle (or damaged ones): the caller uses pydicom's parser."""
+
+
+class TruncatedBytes(UnsupportedBytes):
+    """The bytes end before the structure does: more of the file is needed."""
 
 
 def tag_table(keywords: Iterable[str]) -> dict[int, tuple[str, bool | str]]:
@@ -73,7 +77,7 @@ def parse_header(
     """
     try:
         return _parse(_Buffer(fp), wanted)
-    except (_Unsupported, struct.error, UnicodeDecodeError):
+    except (UnsupportedBytes, struct.error, UnicodeDecodeError):
         return None
 
 
@@ -92,23 +96,29 @@ class _Buffer:
             self.start, self.data = pos, self.fp.read(max(size, _CHUNK))
         chunk = self.data[pos - self.start : end - self.start]
         if len(chunk) != size:
-            raise _Unsupported("end of file")
+            raise UnsupportedBytes("end of file")
         return chunk
+
+    def upto(self, pos: int, size: int) -> bytes:
+        """Up to ``size`` bytes from ``pos`` (fewer at the end of the file)."""
+        self.fp.seek(pos)
+        self.start, self.data = pos, self.fp.read(size)
+        return self.data
 
 
 def _parse(buf: _Buffer, wanted: Mapping[int, tuple[str, bool | str]]) -> tuple[dict[str, Any], int]:
     if buf.get(128, 4) != b"DICM":
-        raise _Unsupported("no DICM prefix")
+        raise UnsupportedBytes("no DICM prefix")
     meta: dict[str, Any] = {}
     pos = 132
     meta_table = {0x00020002: ("MediaStorageSOPClassUID", False), 0x00020010: ("TransferSyntaxUID", False)}
     while _TAG.unpack(buf.get(pos, 4))[0] == 0x0002:  # file meta: always explicit VR little endian
-        pos = _element(buf, pos, False, meta_table, meta, 0)
+        pos = _element(buf, pos, False, meta_table, meta)
     syntax = UID(str(meta.get("TransferSyntaxUID", "")))
     if not syntax.is_transfer_syntax or (
         syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) and not syntax.is_encapsulated
     ):
-        raise _Unsupported(f"dataset encoding of {syntax}")
+        raise UnsupportedBytes(f"dataset encoding of {syntax}")
     implicit = syntax == ImplicitVRLittleEndian
     values: dict[str, Any] = {"TransferSyntaxUID": str(syntax)}
     pos = _dataset(buf, pos, implicit, wanted, values)
@@ -137,13 +147,13 @@ def _dataset(
             length, start = unpack_u32(data, off + 4)[0], off + 8
         elif data[off + 4 : off + 6] in _LONG_VRS:
             if off + 12 > len(data) or data[off + 4 : off + 6] == b"UN":
-                pos = _element(buf, pos, implicit, wanted, out, 0)
+                pos = _element(buf, pos, implicit, wanted, out)
                 continue
             length, start = unpack_u32(data, off + 8)[0], off + 12
         else:
             length, start = unpack_u16(data, off + 6)[0], off + 8
         if length == _UNDEFINED or (tag in wanted and start + length > len(data)):
-            pos = _element(buf, pos, implicit, wanted, out, 0)
+            pos = _element(buf, pos, implicit, wanted, out)
             continue
         if tag in wanted:
             keyword, kind = wanted[tag]
@@ -157,7 +167,6 @@ def _element(
     implicit: bool,
     wanted: Mapping[int, tuple[str, bool | str]],
     out: dict[str, Any],
-    depth: int,
 ) -> int:
     """Read (if wanted) or skip the element at ``pos``; return the position after it."""
     head = buf.get(pos, 8)
@@ -173,32 +182,92 @@ def _element(
         else:
             length, start = _U16.unpack_from(head, 6)[0], pos + 8
     if length == _UNDEFINED:
-        if vr == b"UN" or depth >= _MAX_DEPTH:
-            raise _Unsupported("UN of undefined length, or sequences nested too deep")
-        return _skip_sequence(buf, start, implicit, depth + 1)
+        if vr == b"UN":
+            raise UnsupportedBytes("UN of undefined length")
+        return _skip_sequence(buf, start, implicit)
     if tag in wanted:
         keyword, kind = wanted[tag]
         out[keyword] = _value(buf.get(start, length), kind)
     return start + length
 
 
-def _skip_sequence(buf: _Buffer, pos: int, implicit: bool, depth: int) -> int:
-    """Skip the items of an undefined-length sequence starting at ``pos``; return the end."""
+def _skip_sequence(buf: _Buffer, pos: int, implicit: bool) -> int:
+    """Skip the undefined-length sequence whose items start at ``pos``; return its end.
+
+    The sequence is walked in memory (:func:`skip_undefined_sequence`), on more of the file each
+    time it turns out longer than what was read (Philips' per-frame groups: megabytes).
+    """
+    size = 16 * _CHUNK
     while True:
-        group, elem = _TAG.unpack(buf.get(pos, 4))
-        tag = group << 16 | elem
-        length = _U32.unpack(buf.get(pos + 4, 4))[0]
-        pos += 8
-        if tag == _SEQUENCE_END:
-            return pos
-        if tag != _ITEM:
-            raise _Unsupported(f"unexpected tag {tag:08X} in a sequence")
-        if length != _UNDEFINED:
-            pos += length
+        data = buf.upto(pos, size)
+        try:
+            return pos + skip_undefined_sequence(data, 0, implicit)
+        except TruncatedBytes:
+            if len(data) < size:
+                raise UnsupportedBytes("end of file inside a sequence") from None
+            size *= 8
+
+
+def skip_undefined_sequence(data: bytes, pos: int, implicit: bool) -> int:
+    """The position in ``data`` after the undefined-length sequence whose items start at ``pos``.
+
+    Nothing is decoded: a flat loop over the element headers with a stack of what it is in (a
+    sequence, where only items and the sequence delimiter may come, or an item of undefined
+    length, up to its delimiter). Items of defined length and values are jumped over whole.
+
+    Raises:
+        TruncatedBytes: ``data`` ends first.
+        UnsupportedBytes: anything else than that structure, a UN of undefined length, or
+            sequences nested more than 16 deep.
+
+    Example:
+        >>> skip_undefined_sequence(b"\\xfe\\xff\\xdd\\xe0\\0\\0\\0\\0", 0, False)
+        8
+    """
+    unpack_tag, unpack_u32, unpack_u16 = _TAG.unpack_from, _U32.unpack_from, _U16.unpack_from
+    in_item = [False]  # the stack: False in a sequence, True in an item of undefined length
+    end = len(data)
+    while True:
+        if pos + 8 > end:
+            raise TruncatedBytes("the data ends inside a sequence")
+        group, elem = unpack_tag(data, pos)
+        if not in_item[-1]:  # in a sequence: an item, or the sequence's end
+            length = unpack_u32(data, pos + 4)[0]
+            pos += 8
+            if group != 0xFFFE or elem not in (0xE000, 0xE0DD):
+                raise UnsupportedBytes(f"unexpected tag {group:04X},{elem:04X} in a sequence")
+            if elem == 0xE0DD:
+                in_item.pop()
+                if not in_item:
+                    return pos
+            elif length == _UNDEFINED:
+                in_item.append(True)
+            else:
+                pos += length
             continue
-        while _TAG.unpack(buf.get(pos, 4)) != (0xFFFE, 0xE00D):  # elements up to the item delimiter
-            pos = _element(buf, pos, implicit, {}, {}, depth)
-        pos += 8
+        if group == 0xFFFE:
+            if elem != 0xE00D:
+                raise UnsupportedBytes(f"unexpected tag FFFE,{elem:04X} in an item")
+            in_item.pop()
+            pos += 8
+            continue
+        if implicit:
+            length, pos = unpack_u32(data, pos + 4)[0], pos + 8
+        elif data[pos + 4 : pos + 6] in _LONG_VRS:
+            if pos + 12 > end:
+                raise TruncatedBytes("the data ends inside a sequence")
+            length = unpack_u32(data, pos + 8)[0]
+            if length == _UNDEFINED and data[pos + 4 : pos + 6] == b"UN":
+                raise UnsupportedBytes("UN of undefined length")
+            pos += 12
+        else:
+            length, pos = unpack_u16(data, pos + 6)[0], pos + 8
+        if length == _UNDEFINED:
+            if len(in_item) >= 2 * _MAX_DEPTH:
+                raise UnsupportedBytes("sequences nested too deep")
+            in_item.append(False)  # a nested sequence: its items follow
+        else:
+            pos += length
 
 
 def raw_value(raw: bytes, kind: bool | str) -> Any:
@@ -219,6 +288,6 @@ def _value(raw: bytes, kind: bool | str) -> Any:
         return list(struct.unpack(f"<{len(raw) // size}{code}", raw[: len(raw) // size * size]))
     text = raw.decode("ascii")
     if "\x1b" in text:  # ISO 2022 escape sequences: pydicom decodes those
-        raise _Unsupported("ISO 2022 text")
+        raise UnsupportedBytes("ISO 2022 text")
     parts = [part.strip(" \x00") for part in text.split("\\")]
     return parts if len(parts) > 1 else parts[0]
