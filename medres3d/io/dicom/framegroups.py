@@ -35,7 +35,18 @@ from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medres3d.io.dicom.header import read_dataset_header
-from medres3d.io.dicom.rawheader import UnsupportedBytes, skip_undefined_sequence
+from medres3d.io.dicom.rawheader import (  # the element layout both byte readers walk
+    _ITEM,
+    _ITEM_END,
+    _LONG_VRS,
+    _SEQUENCE_END,
+    _TAG,
+    _U16,
+    _U32,
+    _UNDEFINED,
+    UnsupportedBytes,
+    skip_undefined_sequence,
+)
 from medres3d.io.dicom.types import FileHeader
 
 # Functional group macros (sequences in a per-frame or the shared item) and the values they hold.
@@ -110,6 +121,11 @@ def read_frame_groups(header: FileHeader) -> FrameGroups:
     Raises:
         OSError, and pydicom's errors on a header it cannot parse (the caller names the file).
         ResourceLimitError: a Deflated header too long to inflate.
+
+    Example:
+        >>> groups = read_frame_groups(read_header("dwi_enhanced.dcm"))   # doctest: +SKIP
+        >>> len(groups.per_frame), groups.dimension_pointers                # doctest: +SKIP
+        (3600, (2134102, 2134103, 1609863, 1609865))
     """
     info = os.stat(header.path)
     return _cached_groups(str(header.path), info.st_mtime_ns, info.st_size, header.pixel_offset,
@@ -183,14 +199,6 @@ def _assemble(top: dict[int, Any]) -> FrameGroups:
     return FrameGroups(per_frame=per_frame, shared=shared[0], dimension_pointers=pointers)
 
 
-_TAG = struct.Struct("<HH")
-_U32 = struct.Struct("<I")
-_U16 = struct.Struct("<H")
-_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
 _MAX_DEPTH = 12
 _BINARY_STRUCTS = {
     vr: struct.Struct("<" + code)
