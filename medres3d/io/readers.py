@@ -65,10 +65,12 @@ def load_volume(
         strict: DICOM only: raise SeriesGeometryError on missing slices, uneven spacing or
             conflicting duplicates instead of recording warnings on the Volume.
         nan_policy: ``"raise"`` (default), ``"zero"`` or ``"keep"`` for NaN/Inf voxels.
-        series_uid: DICOM folders only: which series to load when the folder holds several.
-        as_4d: DICOM folders only: every volume of a 4D series (diffusion, fMRI, echoes,
-            magnitude/phase, Siemens mosaics) as one channel each, with their b-values, b-vectors
-            and echo times in ``meta`` (see :func:`medres3d.io.dicom.load_dicom_series`).
+        series_uid: DICOM only: which series (or volume of a 4D series) to load when a folder,
+            or an Enhanced 4D file, holds several.
+        as_4d: DICOM only: every volume of a 4D series (diffusion, fMRI, echoes, magnitude/phase,
+            Siemens mosaics, the volumes of an Enhanced 4D file) as one channel each, with their
+            b-values, b-vectors and echo times in ``meta`` (see
+            :func:`medres3d.io.dicom.load_dicom_series`).
         max_bytes: NIfTI, Analyze and MGH: refuse a file whose header needs more bytes read (decompressed for
             ``.nii.gz``: data offset plus stored voxels) than this, before reading them (default
             :data:`medres3d.io.limits.DEFAULT_MAX_BYTES`; None: no limit). A Deflated DICOM file
@@ -105,10 +107,12 @@ def load_volume(
     if not (path.is_dir() or path.is_file()):
         # A FIFO, socket or device named like a scan would block a reader forever.
         raise UnsupportedFormatError(path, "not a regular file or folder (a FIFO, socket or device)")
-    if as_4d and not path.is_dir():
-        raise ConfigError(f"as_4d applies to DICOM folders only, but {path} is a file")
-    if series_uid is not None and not path.is_dir():
-        raise ConfigError(f"series_uid applies to DICOM folders only, but {path} is a file")
+    other_format = is_nifti_path(path) or is_nibabel_path(path) or is_itk_path(path)
+    dicom_file = path.is_file() and not other_format
+    if as_4d and not (path.is_dir() or dicom_file):
+        raise ConfigError(f"as_4d applies to DICOM only, but {path} is a {path.suffix} file")
+    if series_uid is not None and not (path.is_dir() or dicom_file):
+        raise ConfigError(f"series_uid applies to DICOM only, but {path} is a {path.suffix} file")
 
     if path.is_dir():
         from medres3d.io.dicom import load_dicom_series
@@ -131,8 +135,8 @@ def load_volume(
         from medres3d.io.dicom import load_dicom_file
 
         volume = load_dicom_file(
-            path, dtype=dtype, max_voxels=max_voxels, strict=strict, philips_scaling=philips_scaling,
-            resample=resample,
+            path, series_uid=series_uid, dtype=dtype, max_voxels=max_voxels, strict=strict, as_4d=as_4d,
+            philips_scaling=philips_scaling, resample=resample,
         )  # fmt: skip
     else:
         reason = f"unknown file type {path.suffix!r}; supported: {SUPPORTED_FORMATS}"

@@ -93,7 +93,7 @@ def test_options_are_validated_before_reading(tmp_path):
         ({"dtype": "int8"}, "dtype"),
         ({"nan_policy": "skip"}, "nan_policy"),
         ({"max_voxels": -1}, "max_voxels"),
-        ({"series_uid": "1.2.3"}, "series_uid applies to DICOM folders"),
+        ({"series_uid": "1.2.3"}, "series_uid applies to DICOM only"),
     ]:
         with pytest.raises(ConfigError, match=words):
             load_volume(tmp_path / "a.nii", **kwargs)

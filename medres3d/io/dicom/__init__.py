@@ -117,7 +117,7 @@ def load_dicom_series(
         paths = [Path(p) for p in folder_or_files]
         if not paths:
             raise NotAnImageError("(no files)", "an empty list of files was given")
-        where = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        where = paths[0] if len(paths) == 1 else Path(os.path.commonpath([str(p.parent) for p in paths]))
         scan = scan_files(paths)
     if as_4d:
         parts = _choose_4d(where, scan, series_uid)
@@ -150,34 +150,50 @@ def load_dicom_series(
 def load_dicom_file(
     path: str | os.PathLike[str],
     *,
+    series_uid: str | None = None,
     dtype: str = "float32",
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
     strict: bool = False,
+    as_4d: bool = False,
     philips_scaling: str = "display",
     resample: str | None = None,
 ) -> Volume:
     """Load one multi-frame DICOM file (Enhanced CT/MR, Legacy Converted, RT Dose) or Siemens mosaic.
 
+    An Enhanced file that holds several volumes (diffusion, fMRI, echoes, magnitude/phase in its
+    frames) is split like a folder: a :class:`MultipleSeriesError` lists its volumes unless
+    ``series_uid`` picks one (its key) or ``as_4d`` stacks them all.
+
     Args:
         path: the file.
-        dtype, max_voxels, strict, philips_scaling, resample: as :func:`load_dicom_series`.
-            A file without any geometry loads with a ``no-geometry`` warning (frames in stored
-            order, identity-like affine), and is a SeriesGeometryError with ``strict``.
+        series_uid, dtype, max_voxels, strict, as_4d, philips_scaling, resample: as
+            :func:`load_dicom_series`. A file without any geometry loads with a ``no-geometry``
+            warning (frames in stored order, identity-like affine), and is a SeriesGeometryError
+            with ``strict``.
 
     Raises:
         UnsupportedFormatError: a single-frame file ("a single 2D slice; pass the series folder"),
             or a colour image.
         NotAnImageError: a non-image object (SEG, SR, RTSTRUCT, PR, KO, DICOMDIR...), named.
+        MultipleSeriesError: an Enhanced 4D file, without ``series_uid`` or ``as_4d``.
         CorruptFileError: empty, not DICOM, unreadable or undecodable.
 
     Example:
         >>> vol = load_dicom_file("enhanced_ct.dcm")   # doctest: +SKIP
         >>> vol.meta["num_frames"]                     # doctest: +SKIP
         120
+        >>> load_dicom_file("dwi_enhanced.dcm", as_4d=True).meta["b_values"][:2]  # doctest: +SKIP
+        [0.0, 1000.0]
     """
     header = read_header(path)
     if isinstance(header, SkippedFile):
         raise _SKIP_ERRORS.get(header.kind, CorruptFileError)(header.path, header.reason)
+    if header.is_enhanced or as_4d or series_uid is not None:
+        # scanned as a one-file series: the volumes of an Enhanced 4D file are its parts
+        return load_dicom_series(
+            [header.path], series_uid=series_uid, dtype=dtype, max_voxels=max_voxels, strict=strict,
+            as_4d=as_4d, philips_scaling=philips_scaling, resample=resample,
+        )  # fmt: skip
     if header.is_mosaic:  # one Siemens mosaic file is a whole volume (one time point or direction)
         from medres3d.io.dicom.mosaic import load_mosaic
 
@@ -220,6 +236,14 @@ def _choose(where: Path, scan: DicomScan, series_uid: str | None) -> DicomSeries
             )
         skipped = f"; {_skip_summary(scan.skipped)}" if scan.skipped else " (no files)"
         raise NotAnImageError(where, f"no DICOM image series found{skipped}{_other_images_hint(where, scan)}")
+    if len(images) > 1 and len({s.uid for s in images}) == 1:
+        raise MultipleSeriesError(
+            where,
+            f"{len(images)} volumes of one series found (a 4D series: diffusion, time points, echoes... "
+            "or parts of another orientation or size); load them all with as_4d=True, or one with "
+            "series_uid=<key>: " + "; ".join(s.summary() for s in images),
+            images,
+        )
     if len(images) > 1:
         raise MultipleSeriesError(
             where,

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 from dcm2niix_reference import assert_diffusion_matches, matched_voxels, run_dcm2niix
 
+from medres3d.errors import MultipleSeriesError
 from medres3d.io import load_volume
 from medres3d.io.dicom import find_dicom_series, load_dicom_series
 from medres3d.synthetic import make_affine
@@ -206,3 +207,20 @@ def test_enhanced_isotropic_frames_are_a_part_left_out_of_the_4d_stack_like_dcm2
     theirs = matched_voxels(volume, converted)
     np.testing.assert_array_equal(theirs[:4], volume.array)
     np.testing.assert_array_equal(theirs[4], trace.array[0])
+
+
+def test_an_enhanced_4d_file_given_directly_is_split_like_its_folder(tmp_path):
+    # as a user passes it: the file itself, not its folder (it was one volume with 30 of 40 frames
+    # dropped under a conflicting-duplicate warning, and as_4d refused a file)
+    volumes = _phantom(n=4)
+    path = write_enhanced_4d(volumes, make_affine(), tmp_path / "dwi.dcm", b_values=[0, 1000, 1000, 1000],
+                             gradients=DIRECTIONS)  # fmt: skip
+    with pytest.raises(MultipleSeriesError, match=r"4 volumes of one series found .* as_4d=True") as info:
+        load_volume(path)
+    assert str(path) in str(info.value) and len(info.value.series) == 4
+    np.testing.assert_array_equal(load_volume(path, as_4d=True).array, np.stack(volumes))
+    one = load_volume(path, series_uid=info.value.series[2].key)
+    np.testing.assert_array_equal(one.array[0], volumes[2])
+    # a 3D Enhanced file is one volume, as before
+    plain = write_enhanced_4d(volumes[:1], make_affine(), tmp_path / "t1" / "t1.dcm")
+    np.testing.assert_array_equal(load_volume(plain).array[0], volumes[0])
