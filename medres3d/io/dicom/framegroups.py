@@ -27,7 +27,7 @@ import functools
 import os
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
@@ -97,11 +97,14 @@ class FrameGroups:
         shared: the SharedFunctionalGroupsSequence item's macros (empty when there is none).
         dimension_pointers: the DimensionIndexPointer of each DimensionIndexSequence item (0 when
             an item has none), in the order of every frame's DimensionIndexValues.
+        derived: what readers compute from the groups, kept with them so that it lives exactly as
+            long as they stay cached (the frames' geometry, which every volume of a 4D file needs).
     """
 
     per_frame: list[Groups]
     shared: Groups
     dimension_pointers: tuple[int, ...]
+    derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def macro(self, frame: int, tag: int) -> dict[int, Any] | None:
         """The first item of macro ``tag`` for ``frame``: the frame's own, else the shared one."""

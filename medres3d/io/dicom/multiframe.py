@@ -273,25 +273,21 @@ def _placed_geometry(source: FrameGroups | pydicom.Dataset, header: FileHeader) 
     """The frames' geometry, computed once per file version (the volumes of a 4D file share it).
 
     Walking thousands of per-frame items costs tens of milliseconds; each volume of a 4D file asks
-    for it. ``source`` is the file's cached :class:`FrameGroups` (Enhanced) or its dataset; callers
-    only read the lists.
+    for it. ``source`` is the file's cached :class:`FrameGroups` (Enhanced), which keeps the result,
+    or its dataset; callers only read the lists.
     """
     if not isinstance(source, FrameGroups):
         return _grid_offset_geometry(source, header)
-    key = (id(source), header.frames, header.slope, header.intercept)
+    key = ("geometry", header.frames, header.slope, header.intercept)
     with _GEOMETRY_LOCK:
-        found = _GEOMETRY_CACHE.get(key)
-    if found is not None and found[0] is source:  # the id of groups still cached, not reused
-        return found[1]
-    geometry = _enhanced_geometry(source, header)
-    with _GEOMETRY_LOCK:
-        if len(_GEOMETRY_CACHE) >= 8:
-            _GEOMETRY_CACHE.pop(next(iter(_GEOMETRY_CACHE)))
-        _GEOMETRY_CACHE[key] = (source, geometry)
-    return geometry
+        found = source.derived.get(key)
+    if found is None:
+        found = _enhanced_geometry(source, header)
+        with _GEOMETRY_LOCK:
+            source.derived[key] = found
+    return found
 
 
-_GEOMETRY_CACHE: dict[tuple[Any, ...], tuple[FrameGroups, _Geometry]] = {}
 _GEOMETRY_LOCK = threading.Lock()
 
 
