@@ -83,6 +83,18 @@ def test_discovery_selects_series_and_nifti_and_skips_non_images(tree):
         discover(tree.root, series_description="(")
 
 
+def test_discovery_counts_the_slices_of_mosaics_and_enhanced_4d_volumes(tmp_path):
+    # found by running `medres3d batch` over such folders: each mosaic volume was "1 slice"
+    from medres3d.synthetic.dicom_4d import write_enhanced_4d, write_siemens_mosaic
+
+    volumes = [ct_phantom((24, 24, 12), seed=n).astype(float) + 1000 for n in range(2)]
+    write_siemens_mosaic(volumes, make_affine(), tmp_path / "mosaic")
+    write_enhanced_4d(volumes, make_affine(), tmp_path / "enhanced" / "bold.dcm")
+    found = discover(tmp_path, workers=1)
+    assert [item.num_slices for item in found.items] == [12] * 4
+    assert len(discover(tmp_path, min_slices=12, workers=1).items) == 4
+
+
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_batch_writes_one_row_per_series_with_status(model_file, tree, tmp_path, fmt):
     out = tmp_path / f"results.{fmt}"

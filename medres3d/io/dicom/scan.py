@@ -639,6 +639,14 @@ def _make_series(uid: str, group: _Group, part: str, notes: tuple[str, ...]) -> 
     first = headers[0]
     files = [h.path for h in headers]
     folder = Path(os.path.commonpath([str(p.parent) for p in files]))
+    rows, columns = first.rows, first.columns
+    num_frames = len(group.frames) if group.frames else sum(h.frames for h in headers)
+    if len(headers) == 1 and first.is_mosaic and first.mosaic_images:
+        # a Siemens mosaic is one volume of NumberOfImagesInMosaic slices, tiles of a square grid
+        # (counted as one 1-image file, --min-slices dropped every mosaic and a 4D series'
+        # voxels were overstated by the grid's area)
+        tiles = math.ceil(math.sqrt(first.mosaic_images))
+        rows, columns, num_frames = first.rows // tiles, first.columns // tiles, first.mosaic_images
     return DicomSeries(
         uid=uid,
         modality=first.modality,
@@ -650,9 +658,9 @@ def _make_series(uid: str, group: _Group, part: str, notes: tuple[str, ...]) -> 
         is_localizer=group.is_localizer,
         folder=folder,
         part=part,
-        rows=first.rows,
-        columns=first.columns,
-        num_frames=len(group.frames) if group.frames else sum(h.frames for h in headers),
+        rows=rows,
+        columns=columns,
+        num_frames=num_frames,
         notes=notes,
         headers=tuple(headers),
         frames=group.frames,

@@ -56,8 +56,9 @@ class DicomSeries:
         folder: the deepest folder holding all files.
         part: what distinguishes this part of a split series ("" when not split), e.g.
             "echo 2", "acquisition 3", "sagittal", "localizer, coronal".
-        rows, columns: image size of every file.
-        num_frames: number of 2D images (files, or frames of a multi-frame file).
+        rows, columns: image size of every file (of a Siemens mosaic's tiles).
+        num_frames: number of 2D images (files, frames of a multi-frame file, or the slices of a
+            Siemens mosaic when its header says how many: NumberOfImagesInMosaic).
         notes: scan-time remarks carried into the loaded volume's warnings (e.g. excluded localizers).
         frames: for one volume of an Enhanced 4D file, the 0-based indices of its frames in the
             file (``headers[0]`` then carries that volume's b-value, echo time...); empty: every frame.

@@ -59,6 +59,11 @@ DIRECTIONS = [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
 def test_real_mosaic_scan_names_each_volume_by_b_value(siemens_dwi):
     series = find_dicom_series(siemens_dwi)
     assert [s.part for s in series] == ["b0", "b1000 dir1"]
+    # each a volume of 48 slices of 128x128 (the tiles), not one image of the whole mosaic: batch's
+    # num_slices and --min-slices, and the 4D voxel bound, count from these
+    volume = series[1].load()
+    assert [(s.num_frames, s.rows, s.columns) for s in series] == [(48, 128, 128)] * 2
+    assert volume.spatial_shape == (128, 128, 48)
     header = read_header(siemens_dwi / "siemens_dwi_1000.dcm")
     assert header.is_mosaic and header.mosaic_images == 48 and header.b_value == 1000
     # the fast parser and pydicom read the private tags alike
