@@ -56,7 +56,7 @@ MR_FRAME_TYPE, MR_ECHO, MR_TIMING = 0x00189226, 0x00189114, 0x00189112
 IMAGE_POSITION, IMAGE_ORIENTATION, PIXEL_SPACING = 0x00200032, 0x00200037, 0x00280030
 RESCALE_INTERCEPT, RESCALE_SLOPE = 0x00281052, 0x00281053
 TEMPORAL_POSITION_INDEX, DIMENSION_INDEX_VALUES = 0x00209128, 0x00209157
-STACK_ID, IN_STACK_POSITION = 0x00209056, 0x00209057
+STACK_ID, IN_STACK_POSITION = 0x00209056, 0x00209057  # as DimensionIndexPointers
 B_VALUE, GRADIENT_SEQUENCE, GRADIENT_ORIENTATION = 0x00189087, 0x00189076, 0x00189089
 DIFFUSION_DIRECTIONALITY = 0x00189075
 FRAME_TYPE, COMPLEX_COMPONENT = 0x00089007, 0x00089208
@@ -70,9 +70,7 @@ FRAME_SPEC: _Spec = {
     PLANE_ORIENTATION: {IMAGE_ORIENTATION: None},
     PIXEL_MEASURES: {PIXEL_SPACING: None},
     PIXEL_VALUE_TRANSFORMATION: {RESCALE_INTERCEPT: None, RESCALE_SLOPE: None},
-    FRAME_CONTENT: {
-        TEMPORAL_POSITION_INDEX: None, DIMENSION_INDEX_VALUES: None, STACK_ID: None, IN_STACK_POSITION: None
-    },
+    FRAME_CONTENT: {TEMPORAL_POSITION_INDEX: None, DIMENSION_INDEX_VALUES: None},
     MR_DIFFUSION: {
         B_VALUE: None, DIFFUSION_DIRECTIONALITY: None, GRADIENT_SEQUENCE: {GRADIENT_ORIENTATION: None}
     },
@@ -203,16 +201,21 @@ def _assemble(top: dict[int, Any]) -> FrameGroups:
 
 
 _MAX_DEPTH = 12
-_BINARY_STRUCTS = {
-    vr: struct.Struct("<" + code)
-    for vr, code in {"FD": "d", "FL": "f", "UL": "I", "US": "H", "SL": "i", "SS": "h", "AT": "HH"}.items()
-}
-_TEXT_NUMBERS = frozenset({"DS", "IS"})
+# Binary VRs: struct code and value size; decoded with one struct per (VR, count), cached.
+_BINARY = {b"FD": ("d", 8), b"FL": ("f", 4), b"UL": ("I", 4), b"US": ("H", 2), b"SL": ("i", 4),
+           b"SS": ("h", 2), b"AT": ("HH", 4)}  # fmt: skip
+_TEXT_NUMBERS = frozenset({b"DS", b"IS"})
 
 
 @functools.cache
-def _vr(tag: int) -> str:
-    return dictionary_VR(tag)
+def _vr(tag: int) -> bytes:
+    """The dictionary VR of a tag (Implicit VR files, and UN elements), as the bytes explicit VR has."""
+    return dictionary_VR(tag).encode("ascii")
+
+
+@functools.cache
+def _binary_struct(vr: bytes, count: int) -> struct.Struct:
+    return struct.Struct("<" + _BINARY[vr][0] * count)
 
 
 def _skip_explicit(data: bytes, pos: int) -> int:
@@ -269,7 +272,7 @@ def _elements(
                 raise UnsupportedBytes(f"sequence {tag:08X} stored as {vr!r}")
             out[tag], _ = _sequence(data, start, stop, implicit, wanted, depth + 1)
         elif wanted is None:
-            out[tag] = _decode(data[start:stop], vr.decode("ascii") if vr not in (b"", b"UN") else _vr(tag))
+            out[tag] = _decode(data[start:stop], vr if vr not in (b"", b"UN") else _vr(tag))
         pos = stop
     if end is None:
         raise UnsupportedBytes("an item of undefined length that does not end")
@@ -302,13 +305,13 @@ def _sequence(
     return items, pos
 
 
-def _decode(raw: bytes, vr: str) -> list[Any]:
-    binary = _BINARY_STRUCTS.get(vr)
+def _decode(raw: bytes, vr: bytes) -> list[Any]:
+    binary = _BINARY.get(vr)
     if binary is not None:
-        values = list(binary.iter_unpack(raw[: len(raw) // binary.size * binary.size]))
-        if vr == "AT":
-            return [group << 16 | elem for group, elem in values]
-        return [float(v) for (v,) in values] if vr in ("FD", "FL") else [v for (v,) in values]
+        values = _binary_struct(vr, len(raw) // binary[1]).unpack_from(raw)
+        if vr == b"AT":
+            return [values[n] << 16 | values[n + 1] for n in range(0, len(values), 2)]
+        return list(values)  # FD and FL unpack as float, the others as int
     text = raw.decode("ascii")
     if vr in _TEXT_NUMBERS:
         try:
