@@ -31,7 +31,7 @@ import numpy as np
 from medres3d.errors import CorruptFileError, SeriesGeometryError
 from medres3d.io.dicom.header import read_dataset_header
 from medres3d.io.dicom.pixels import read_frames, rescale_into
-from medres3d.io.dicom.stack import check_image_size, resolve_dtype, series_meta
+from medres3d.io.dicom.stack import Allocator, check_image_size, resolve_dtype, series_meta
 from medres3d.io.dicom.types import FileHeader
 from medres3d.io.limits import DEFAULT_MAX_VOXELS, check_voxel_count
 from medres3d.io.volume import Volume
@@ -178,6 +178,7 @@ def load_mosaic(
     dtype: str = "float32",
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
     notes: tuple[str, ...] = (),
+    allocate: Allocator | None = None,
 ) -> Volume:
     """One mosaic file as a 3D Volume, with its diffusion values in ``meta``.
 
@@ -186,6 +187,8 @@ def load_mosaic(
         dtype: "float32", "float64" or "native" (as :func:`medres3d.io.dicom.load_dicom_series`).
         max_voxels: refuse a mosaic whose slices hold more voxels (None: no limit).
         notes: warnings carried into the volume.
+        allocate: the slice-major ``(slices, rows, cols)`` buffer to cut the tiles into (as in
+            :func:`~medres3d.io.dicom.stack.build_volume`: one channel of a 4D array).
 
     Raises:
         CorruptFileError, SeriesGeometryError: as :func:`mosaic_layout`; undecodable pixels.
@@ -197,7 +200,7 @@ def load_mosaic(
     layout = mosaic_layout(header)
     check_voxel_count((1, layout.columns, layout.rows, layout.num_images), header.path, max_voxels)
     out_dtype, dtype_note = resolve_dtype(dtype, [_Rescale(header)], [header])  # type: ignore[list-item]
-    buffer = np.empty((layout.num_images, layout.rows, layout.columns), dtype=out_dtype)
+    buffer = (allocate or np.empty)((layout.num_images, layout.rows, layout.columns), out_dtype)
     read_mosaic_into(buffer, header, layout)
     meta = {
         **series_meta(header),

@@ -113,10 +113,9 @@ def _without_isotropic(parts: list[DicomSeries]) -> tuple[list[DicomSeries], lis
 
 
 def _stacks_in_place(part: DicomSeries) -> bool:
-    """A part that build_volume stacks: placed single-frame files, or frames of multi-frame files."""
-    return all(
-        h.is_multiframe or (not h.is_mosaic and h.position is not None) for h in part.headers
-    )
+    """A part whose loader decodes into a given buffer: placed single-frame files, frames of
+    multi-frame files, or one Siemens mosaic."""
+    return all(h.is_multiframe or h.is_mosaic or h.position is not None for h in part.headers)
 
 
 def _load_in_place(ordered: Sequence[DicomSeries], options: dict[str, Any], excluded: list[str]) -> Volume:

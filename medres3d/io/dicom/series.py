@@ -154,8 +154,7 @@ def load_series(
         resample: None (default: slices at their true positions, a possibly sheared grid) or
             "even": a tilted or unevenly spaced series resampled onto an even orthogonal grid
             (:mod:`medres3d.io.dicom.evengrid`), with a ``resampled-even`` warning.
-        allocate: the slice buffer to decode into (see :func:`~medres3d.io.dicom.stack.build_volume`);
-            ignored by mosaics.
+        allocate: the slice buffer to decode into (see :func:`~medres3d.io.dicom.stack.build_volume`).
         decoded_files: multi-frame files decoded once and shared between the loads of the volumes
             of one 4D file (see :func:`~medres3d.io.dicom.multiframe.load_multiframe_files`).
 
@@ -179,7 +178,9 @@ def load_series(
     validate_resample(resample)
     headers = list(series.headers)
     if len(headers) == 1 and headers[0].is_mosaic and not headers[0].is_multiframe:
-        return load_mosaic(headers[0], dtype=dtype, max_voxels=max_voxels, notes=series.notes)
+        return load_mosaic(
+            headers[0], dtype=dtype, max_voxels=max_voxels, notes=series.notes, allocate=allocate
+        )
     if all(h.is_multiframe for h in headers):
         return load_multiframe_files(
             headers, dtype=dtype, max_voxels=max_voxels, strict=strict, notes=series.notes, workers=workers,
