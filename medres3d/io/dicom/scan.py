@@ -388,8 +388,9 @@ def _group_enhanced(headers: list[FileHeader]) -> list[_Group]:
         elif _has_repeats(found[0]):
             four_d.append(_frame_volumes(h, found))
         else:
-            placed.append(_file_volume(h, found[0]))
-            covers[h.path] = _depths(found[0])
+            depths = _depths(found[0])
+            placed.append(_file_volume(h, found[0][int(np.argmin(depths))]))
+            covers[h.path] = frozenset(np.round(depths, 2).tolist())
     volumes = [g for parts in four_d for g in parts]
     if len(four_d) > 1:  # one 4D acquisition in several files: its volumes are named together
         for g in volumes:
@@ -413,17 +414,14 @@ def _group_enhanced(headers: list[FileHeader]) -> list[_Group]:
 _VOLUME_FIELDS = ("b_value", "gradient", "echo_time", "repetition_time", "temporal_position", "image_type")
 
 
-def _depths(frames: list[FileHeader]) -> frozenset[float]:
+def _depths(frames: list[FileHeader]) -> np.ndarray:
+    """Each frame's depth along the slice normal (mm)."""
     iop = np.asarray(frames[0].orientation, dtype=np.float64)
-    normal = np.cross(iop[:3], iop[3:])
-    return frozenset(round(float(np.dot(f.position, normal)), 2) for f in frames)
+    return np.asarray([f.position for f in frames], dtype=np.float64) @ np.cross(iop[:3], iop[3:])
 
 
-def _file_volume(header: FileHeader, frames: list[FileHeader]) -> FileHeader:
+def _file_volume(header: FileHeader, lowest: FileHeader) -> FileHeader:
     """An Enhanced file of one volume (or slab) as a header: its lowest frame's place and values."""
-    iop = np.asarray(frames[0].orientation, dtype=np.float64)
-    normal = np.cross(iop[:3], iop[3:])
-    lowest = min(frames, key=lambda f: float(np.dot(f.position, normal)))
     return header.with_values(
         position=lowest.position,
         orientation=lowest.orientation,
