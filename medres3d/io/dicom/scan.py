@@ -568,9 +568,7 @@ _VOLUME_KEYS = (
 def _has_repeats(headers: list[FileHeader]) -> bool:
     if len(headers) < 2:
         return False
-    iop = np.asarray(headers[0].orientation, dtype=np.float64)
-    normal = np.cross(iop[:3], iop[3:])
-    depth = np.sort(np.asarray([h.position for h in headers], dtype=np.float64) @ normal)
+    depth = np.sort(_depths(headers))
     spacing = min(headers[0].pixel_spacing or (1.0, 1.0))
     return bool(np.any(np.diff(depth) < 0.01 * spacing))
 
