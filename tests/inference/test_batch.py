@@ -95,6 +95,25 @@ def test_discovery_counts_the_slices_of_mosaics_and_enhanced_4d_volumes(tmp_path
     assert len(discover(tmp_path, min_slices=12, workers=1).items) == 4
 
 
+def test_batch_classifies_every_volume_of_4d_series_in_loader_processes(model_file, tmp_path):
+    # each volume of an Enhanced 4D file and of a mosaic series is a row, loaded in the loader
+    # processes (its DicomSeries, frames included, crosses to them), with its number of slices
+    from medres3d.synthetic.dicom_4d import write_enhanced_4d, write_siemens_mosaic
+
+    volumes = [ct_phantom((24, 24, 12), seed=n).astype(float) + 1000 for n in range(3)]
+    write_siemens_mosaic(volumes, make_affine(), tmp_path / "root" / "mosaic", b_values=[0, 1000, 1000],
+                         gradients=[(0, 0, 0), (1, 0, 0), (0, 1, 0)])  # fmt: skip
+    write_enhanced_4d(volumes, make_affine(), tmp_path / "root" / "enhanced" / "bold.dcm")
+    out = tmp_path / "results.csv"
+    summary = run_batch(model_file, tmp_path / "root", out, workers=2, progress=False, device="cpu")
+    rows = read_results(out)
+    assert summary.errors == 0 and [row["status"] for row in rows] == ["ok"] * 6
+    assert sorted(row["id"].split(" [")[1] for row in rows) == sorted(
+        ["b0]", "b1000 dir1]", "b1000 dir2]", "t1]", "t2]", "t3]"]
+    )
+    assert {int(row["num_slices"]) for row in rows} == {12}
+
+
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_batch_writes_one_row_per_series_with_status(model_file, tree, tmp_path, fmt):
     out = tmp_path / f"results.{fmt}"
