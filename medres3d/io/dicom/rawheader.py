@@ -101,6 +101,8 @@ class _Buffer:
 
     def upto(self, pos: int, size: int) -> bytes:
         """Up to ``size`` bytes from ``pos`` (fewer at the end of the file)."""
+        if self.start <= pos and pos + size <= self.start + len(self.data):
+            return self.data[pos - self.start : pos - self.start + size]
         self.fp.seek(pos)
         self.start, self.data = pos, self.fp.read(size)
         return self.data
@@ -195,9 +197,10 @@ def _skip_sequence(buf: _Buffer, pos: int, implicit: bool) -> int:
     """Skip the undefined-length sequence whose items start at ``pos``; return its end.
 
     The sequence is walked in memory (:func:`skip_undefined_sequence`), on more of the file each
-    time it turns out longer than what was read (Philips' per-frame groups: megabytes).
+    time it turns out longer than what was read (most are short; Philips' per-frame groups are
+    megabytes).
     """
-    size = 16 * _CHUNK
+    size = _CHUNK
     while True:
         data = buf.upto(pos, size)
         try:
