@@ -37,19 +37,24 @@ def _write_slices(folder: Path, affine: np.ndarray, depths: list[float]) -> None
         shifted[:3, 3] = origin[:3]
         values = _slice_values(affine, k)[..., None]
         write_dicom_series(values, shifted, folder, file_prefix=f"s{n:03d}_", shuffle_names=False, **uids)
-    _fix_instance_uids(folder)
+    _as_one_acquisition(folder)
 
 
-def _fix_instance_uids(folder: Path) -> None:
-    """SOPInstanceUIDs in file-name order, the same in every run.
+def _as_one_acquisition(folder: Path) -> None:
+    """One StudyDate/StudyTime for all the files (one call of the writer per slice), and fixed
+    SOPInstanceUIDs in file-name order.
 
-    dcm2niix orders the files of one InstanceNumber by more than position, and its tilt and
-    spacing corrections depend on that order (in some orders its tilt-corrected voxels disagree
-    with its own affine): with random UIDs its comparisons below failed about one run in six.
+    dcm2niix takes a changed StudyTime for another study (checked: it then writes two series):
+    when writing the slices crossed a second, the comparisons below failed now and then (an even
+    grid of 11 slices instead of 17, and two _Eq_1 files, both seen in CI runs). Its tilt-corrected
+    voxels also depend on its order of files of one InstanceNumber (off by 14-23 from its own affine
+    in some orders), which fixed UIDs keep the same in every run.
     """
     for n, path in enumerate(sorted(folder.glob("*.dcm"))):
         ds = pydicom.dcmread(path)
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.77.{n + 1}"
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20260101"
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
         ds.save_as(path)
 
 
@@ -333,7 +338,7 @@ def test_resample_even_spacing_equals_dcm2niix_on_the_shared_slices(tmp_path):
         shifted[:3, 3] = (affine @ [0, 0, k, 1])[:3]
         write_dicom_series(rng.integers(200, 1000, (*SHAPE, 1)).astype(float), shifted, tmp_path / "in",
                            file_prefix=f"s{n:03d}_", shuffle_names=False, **uids)  # fmt: skip
-    _fix_instance_uids(tmp_path / "in")  # else dcm2niix's even grid had 11 or 17 slices, by the UIDs
+    _as_one_acquisition(tmp_path / "in")
     vol = load_dicom_series(tmp_path / "in", resample="even")
     converted = _corrected(tmp_path / "in", tmp_path / "out", "_Eq_1")
     # deliberate difference: dcm2niix's even grid has the smallest slice distance (17 slices 1 mm
