@@ -174,9 +174,15 @@ def patient_study_series(
     series_uid: str,
     series_number: int,
     description: str,
+    when: tuple[str, str] | None = None,
 ) -> None:
-    """Fill the Patient, General Study, General Series and General Equipment modules."""
-    date, time = now_strings()
+    """Fill the Patient, General Study, General Series and General Equipment modules.
+
+    ``when``: the study's (date, time), the same for every file of a series (default: now). A
+    series whose files straddle a second would otherwise carry two StudyTimes, which dcm2niix
+    takes for two studies.
+    """
+    date, time = when or now_strings()
     ds.PatientName = "Phantom^Synthetic"
     ds.PatientID = patient_id
     ds.PatientBirthDate = ""

@@ -35,6 +35,7 @@ from medres3d.synthetic.dicom_common import (
     check_transfer_syntax,
     image_pixel_module,
     new_uid,
+    now_strings,
     patient_study_series,
     save,
     slice_geometry,
@@ -173,6 +174,7 @@ def write_dicom_series(
     frame_of_reference_uid = frame_of_reference_uid or new_uid()
     out_dir = Path(folder)
     written = []
+    when = now_strings()  # one study date and time for the whole series
     for n, k in enumerate(order):
         ds = Dataset()
         ds.SOPClassUID = CTImageStorage if modality == "CT" else MRImageStorage
@@ -185,6 +187,7 @@ def write_dicom_series(
             series_uid=series_uid,
             series_number=series_number,
             description=description,
+            when=when,
         )
         ds.FrameOfReferenceUID = frame_of_reference_uid
         ds.PositionReferenceIndicator = ""

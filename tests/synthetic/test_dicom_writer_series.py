@@ -164,3 +164,16 @@ def test_sheared_in_plane_axes_are_refused(tmp_path, small_ct):
     affine[:3, 1] = [0.5, 1.0, 0.0]
     with pytest.raises(ConfigError, match="perpendicular"):
         write_dicom_series(small_ct, affine, tmp_path)
+
+
+def test_one_study_time_for_every_file_of_a_series_even_when_writing_crosses_a_second(tmp_path, monkeypatch):
+    # dcm2niix takes a changed StudyTime for another study and splits the series: the writer took
+    # the clock for every slice, and the dcm2niix comparisons failed when a write crossed a second
+    from medres3d.synthetic import dicom_common, dicom_writer
+
+    clock = iter(f"12{s // 60:02d}{s % 60:02d}" for s in range(1000))  # a second later at every call
+    for module in (dicom_common, dicom_writer):
+        monkeypatch.setattr(module, "now_strings", lambda: ("20260101", next(clock)))
+    files = write_dicom_series(np.zeros((4, 4, 5)), make_affine(), tmp_path)
+    times = {(str(ds.StudyDate), str(ds.StudyTime), str(ds.SeriesTime)) for ds in map(pydicom.dcmread, files)}
+    assert len(times) == 1
