@@ -35,7 +35,7 @@ from medres3d.errors import (
 from medres3d.io.dicom.header import read_header
 from medres3d.io.dicom.multiframe import load_multiframe
 from medres3d.io.dicom.multivolume import load_4d
-from medres3d.io.dicom.scan import DicomScan, find_dicom_series, scan_dicom_tree, scan_files
+from medres3d.io.dicom.scan import DicomScan, find_dicom_series, group_series, scan_dicom_tree, scan_files
 from medres3d.io.dicom.series import DicomSeries
 from medres3d.io.dicom.types import FileHeader, SkippedFile
 from medres3d.io.limits import DEFAULT_MAX_VOXELS
@@ -119,6 +119,25 @@ def load_dicom_series(
             raise NotAnImageError("(no files)", "an empty list of files was given")
         where = paths[0] if len(paths) == 1 else Path(os.path.commonpath([str(p.parent) for p in paths]))
         scan = scan_files(paths)
+    return _load_scanned(
+        where, scan, series_uid=series_uid, dtype=dtype, max_voxels=max_voxels, strict=strict,
+        as_4d=as_4d, philips_scaling=philips_scaling, resample=resample,
+    )  # fmt: skip
+
+
+def _load_scanned(
+    where: Path,
+    scan: DicomScan,
+    *,
+    series_uid: str | None,
+    dtype: str,
+    max_voxels: int | None,
+    strict: bool,
+    as_4d: bool,
+    philips_scaling: str,
+    resample: str | None,
+) -> Volume:
+    """The series (or 4D series) of ``scan`` that ``series_uid`` names, loaded, with the scan's notes."""
     if as_4d:
         parts = _choose_4d(where, scan, series_uid)
         chosen = parts[0]
@@ -189,10 +208,12 @@ def load_dicom_file(
     if isinstance(header, SkippedFile):
         raise _SKIP_ERRORS.get(header.kind, CorruptFileError)(header.path, header.reason)
     if header.is_enhanced or as_4d or series_uid is not None:
-        # scanned as a one-file series: the volumes of an Enhanced 4D file are its parts
-        return load_dicom_series(
-            [header.path], series_uid=series_uid, dtype=dtype, max_voxels=max_voxels, strict=strict,
-            as_4d=as_4d, philips_scaling=philips_scaling, resample=resample,
+        # grouped as a one-file series (its header read once): an Enhanced 4D file's volumes are its parts
+        series, skipped = group_series([header])
+        return _load_scanned(
+            header.path, DicomScan(series=series, skipped=skipped), series_uid=series_uid, dtype=dtype,
+            max_voxels=max_voxels, strict=strict, as_4d=as_4d, philips_scaling=philips_scaling,
+            resample=resample,
         )  # fmt: skip
     if header.is_mosaic:  # one Siemens mosaic file is a whole volume (one time point or direction)
         from medres3d.io.dicom.mosaic import load_mosaic
